@@ -1,0 +1,98 @@
+// det-agent configuration: defaults -> YAML file -> DET_* env -> flags ->
+// validate (all problems at once, unknown keys rejected) -> freeze.
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import { z } from 'zod';
+import { envLayer, mergeLayers, readYamlFile, validateConfig, type ConfigLayer } from '../common/config/pipeline';
+
+/** Read when present and --config-file is not given. */
+export const DEFAULT_AGENT_CONFIG_FILE = '/etc/determined/agent.yaml';
+
+const schema = z
+  .object({
+    /** Master address. */
+    master_host: z.string().min(1).default('127.0.0.1'),
+    /** Master gRPC port. */
+    master_port: z.number().int().min(1).max(65535).default(8080),
+    /** Unique id of this agent (default: the hostname). */
+    agent_id: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'use letters, digits, _ . -').optional(),
+    /** Resource pool to join. */
+    resource_pool: z.string().min(1).default('default'),
+    /** Cluster join token (the master's agent_token). */
+    agent_token: z.string().optional(),
+    /** TLS to the master: trust ca_cert (PEM), optionally override the expected server name. */
+    tls: z.object({ enabled: z.boolean().default(true), ca_cert: z.string().min(1).optional(), server_name: z.string().min(1).optional() }).strict().optional(),
+    /** Docker Engine socket. */
+    docker_socket: z.string().min(1).default('/var/run/docker.sock'),
+    /** auto: GPUs if nvidia-smi finds any, else CPU slots; gpu: require GPUs; cpu: CPU slots only. */
+    slot_type: z.enum(['auto', 'gpu', 'cpu']).default('auto'),
+    /** Number of artificial CPU slots when there are no GPUs (default: CPU cores). */
+    cpu_slots: z.number().int().min(0).max(1024).optional(),
+    /** Docker network mode of task containers. */
+    container_network_mode: z.string().min(1).default('host'),
+    /** Labels reported to the master. */
+    labels: z.record(z.string(), z.string()).default({}),
+    /** Log level. */
+    log_level: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+  })
+  .strict();
+
+/** Validated agent options. */
+export interface AgentOptions {
+  masterHost: string;
+  masterPort: number;
+  agentId: string;
+  resourcePool: string;
+  agentToken: string;
+  tls: { caCert: string | undefined; serverName: string | undefined } | undefined;
+  dockerSocket: string;
+  slotType: 'auto' | 'gpu' | 'cpu';
+  cpuSlots: number;
+  containerNetworkMode: string;
+  labels: Record<string, string>;
+  logLevel: 'debug' | 'info' | 'warn' | 'error';
+}
+
+/** DET_* variables the agent reads, and the key each sets. */
+export const AGENT_ENV: Record<string, string> = {
+  DET_MASTER_HOST: 'master_host',
+  DET_MASTER_PORT: 'master_port',
+  DET_AGENT_ID: 'agent_id',
+  DET_RESOURCE_POOL: 'resource_pool',
+  DET_AGENT_TOKEN: 'agent_token',
+  DET_MASTER_CERT_FILE: 'tls.ca_cert',
+  DET_MASTER_CERT_NAME: 'tls.server_name',
+  DET_DOCKER_SOCKET: 'docker_socket',
+  DET_SLOT_TYPE: 'slot_type',
+  DET_CPU_SLOTS: 'cpu_slots',
+  DET_CONTAINER_NETWORK_MODE: 'container_network_mode',
+  DET_LOG_LEVEL: 'log_level',
+};
+
+/** The docker socket named by DOCKER_HOST (unix:// only), if any. */
+function dockerHostSocket(env: NodeJS.ProcessEnv): ConfigLayer {
+  const h = env.DOCKER_HOST;
+  return h?.startsWith('unix://') ? { docker_socket: h.slice('unix://'.length) } : {};
+}
+
+/** Runs the pipeline; throws DET_ERR_CONFIG_INVALID listing every problem. */
+export function loadAgentOptions(flags: { configFile?: string; layer: ConfigLayer }, env: NodeJS.ProcessEnv = process.env): AgentOptions {
+  const file = flags.configFile ?? (fs.existsSync(DEFAULT_AGENT_CONFIG_FILE) ? DEFAULT_AGENT_CONFIG_FILE : undefined);
+  const merged = mergeLayers(dockerHostSocket(env), file ? readYamlFile(file) : {}, envLayer(env, AGENT_ENV), flags.layer);
+  const c = validateConfig(schema, merged, `agent config${file ? ` (${file})` : ''}`);
+  const tlsOn = c.tls !== undefined && c.tls.enabled;
+  return Object.freeze({
+    masterHost: c.master_host,
+    masterPort: c.master_port,
+    agentId: c.agent_id ?? os.hostname(),
+    resourcePool: c.resource_pool,
+    agentToken: c.agent_token ?? '',
+    tls: tlsOn ? { caCert: c.tls!.ca_cert, serverName: c.tls!.server_name } : undefined,
+    dockerSocket: c.docker_socket,
+    slotType: c.slot_type,
+    cpuSlots: c.cpu_slots ?? os.availableParallelism(),
+    containerNetworkMode: c.container_network_mode,
+    labels: c.labels,
+    logLevel: c.log_level,
+  });
+}

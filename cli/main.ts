@@ -1,0 +1,101 @@
+// det: the command line of the cluster. Wires the commands into commander and
+// turns every outcome into an exit code: 0 ok, 1 failure, 2 usage, 130 Ctrl-C.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Command, CommanderError } from 'commander';
+import { rootAbortController } from '../common/abort';
+import { DetError, errorMessage } from '../common/errors';
+import { registerAgent } from './commands/agent';
+import { registerExperiment } from './commands/experiment';
+import { registerMaster } from './commands/master';
+import { registerResourcePool } from './commands/resource-pool';
+import { registerSlot } from './commands/slot';
+import { registerTrial } from './commands/trial';
+import { Context, type CliIO } from './context';
+import { EXIT, Interrupted, UsageError } from './errors';
+
+export type { CliIO } from './context';
+
+function version(): string {
+  try {
+    const pkg = JSON.parse(fs.readFileSync(path.resolve(__dirname, '..', '..', 'package.json'), 'utf8')) as { version?: string };
+    return pkg.version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** The det program for one invocation. */
+export function buildProgram(ctx: Context, io: CliIO): Command {
+  const program = new Command('det')
+    .description('Determined on AWS: manage the master, agents, experiments and trials')
+    .exitOverride()
+    .configureOutput({ writeOut: io.stdout, writeErr: io.stderr, outputError: (text, write) => write(`det: ${text}`) })
+    .allowExcessArguments(false)
+    .option('-m, --master <address>', 'master address HOST:PORT (env DET_MASTER; default 127.0.0.1:8080)')
+    .option('--cert-file <path>', 'CA certificate to trust for the master; enables TLS (env DET_MASTER_CERT_FILE)')
+    .option('--cert-name <name>', 'server name expected in the master certificate (env DET_MASTER_CERT_NAME)')
+    .version(version(), '-v, --version', 'print the det version');
+  program.hook('preAction', (_program, action) => {
+    const opts = action.optsWithGlobals<{ master?: string; certFile?: string; certName?: string }>();
+    ctx.flags = { master: opts.master, certFile: opts.certFile, certName: opts.certName };
+  });
+  registerMaster(program, ctx);
+  registerAgent(program, ctx);
+  registerSlot(program, ctx);
+  registerResourcePool(program, ctx);
+  registerExperiment(program, ctx);
+  registerTrial(program, ctx);
+  return program;
+}
+
+/** Runs det with `argv` (without node and script); resolves to the exit code. */
+export async function main(argv: string[], io: CliIO = processIO()): Promise<number> {
+  const ctx = new Context(io);
+  const program = buildProgram(ctx, io);
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return ctx.exitCode;
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
+    if (err instanceof UsageError) {
+      ctx.err(`det: ${err.message}`);
+      return EXIT.USAGE;
+    }
+    if (err instanceof Interrupted) {
+      if (err.message) ctx.err(`det: ${err.message}`);
+      return EXIT.INTERRUPTED;
+    }
+    ctx.err(`det: ${err instanceof DetError ? err.message : errorMessage(err)}`);
+    return EXIT.FAILURE;
+  } finally {
+    ctx.close();
+  }
+}
+
+function processIO(): CliIO {
+  return {
+    stdout: (text) => void process.stdout.write(text),
+    stderr: (text) => void process.stderr.write(text),
+    env: process.env,
+  };
+}
+
+/** Entry point of bin/det.js: runs det on this process and sets process.exitCode. */
+export function run(argv: string[]): void {
+  // `det ... | head` closes stdout early; that is not an error.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw err;
+  });
+  const controller = rootAbortController();
+  main(argv, { ...processIO(), signal: controller.signal }).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err) => {
+      process.stderr.write(`det: ${errorMessage(err)}\n`);
+      process.exitCode = EXIT.FAILURE;
+    },
+  );
+}

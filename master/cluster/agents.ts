@@ -1,0 +1,91 @@
+// The master's in-memory view of agents: devices, slot use, connection.
+import type { Device, MasterToAgent, Registration } from '../../common/types';
+import type { AgentCapacity } from '../scheduler/scheduler';
+import type { AgentRecord } from '../store/store';
+
+/** The cluster's handle on an agent's open stream. */
+export interface AgentChannel {
+  /** Queues a message; false when the stream is gone. */
+  send(msg: MasterToAgent): boolean;
+  /** Ends the stream (the agent will reconnect). */
+  close(reason: string): void;
+  /** Remote address, for display. */
+  readonly address: string;
+}
+
+/** One agent as the master tracks it. */
+export interface AgentEntry {
+  id: string;
+  pool: string;
+  version: string;
+  hostname: string;
+  labels: Record<string, string>;
+  devices: Device[];
+  enabled: boolean;
+  channel: AgentChannel | undefined;
+  registeredAtMs: number;
+  lastSeenMs: number;
+  /** slot id -> allocation id. */
+  usedSlots: Map<number, string>;
+  /** Fires when a disconnected agent's grace period ends. */
+  graceTimer: NodeJS.Timeout | undefined;
+}
+
+/** Agents by id. */
+export class AgentTable {
+  private readonly agents = new Map<string, AgentEntry>();
+
+  get(id: string): AgentEntry | undefined {
+    return this.agents.get(id);
+  }
+  all(): AgentEntry[] {
+    return [...this.agents.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+  connectedCount(): number {
+    let n = 0;
+    for (const a of this.agents.values()) if (a.channel) n++;
+    return n;
+  }
+
+  /** Records a (re)registration; slot use is kept across reconnects. */
+  upsert(reg: Registration, channel: AgentChannel, nowMs: number): AgentEntry {
+    const prev = this.agents.get(reg.agentId);
+    if (prev?.graceTimer) clearTimeout(prev.graceTimer);
+    const entry: AgentEntry = {
+      id: reg.agentId,
+      pool: reg.resourcePool,
+      version: reg.version,
+      hostname: reg.hostname,
+      labels: reg.labels,
+      devices: reg.devices,
+      enabled: prev?.enabled ?? true,
+      channel,
+      registeredAtMs: nowMs,
+      lastSeenMs: nowMs,
+      usedSlots: prev?.usedSlots ?? new Map(),
+      graceTimer: undefined,
+    };
+    this.agents.set(entry.id, entry);
+    return entry;
+  }
+
+  /** Restores an agent known from the store (not connected). */
+  restore(rec: AgentRecord): AgentEntry {
+    const entry: AgentEntry = { ...rec, pool: rec.resourcePool, channel: undefined, usedSlots: new Map(), graceTimer: undefined };
+    this.agents.set(entry.id, entry);
+    return entry;
+  }
+
+  /** Capacity snapshot for the scheduler. */
+  capacity(): AgentCapacity[] {
+    return this.all().map((a) => {
+      const slotIds = a.devices.map((d) => d.id);
+      return { id: a.id, pool: a.pool, schedulable: a.channel !== undefined && a.enabled, slotIds, freeSlotIds: slotIds.filter((s) => !a.usedSlots.has(s)) };
+    });
+  }
+}
+
+/** The store record of an agent entry. */
+export function agentRecord(a: AgentEntry): AgentRecord {
+  return { id: a.id, resourcePool: a.pool, version: a.version, hostname: a.hostname, devices: a.devices, labels: a.labels, enabled: a.enabled, registeredAtMs: a.registeredAtMs, lastSeenMs: a.lastSeenMs };
+}

@@ -1,0 +1,451 @@
+// The cluster core: owns trials in flight, agents and the queue, applies the
+// trial state machine's decisions and the scheduler's plans, and writes every
+// change through to the store. All mutations run one at a time on a serial
+// queue, so the store, the in-memory view and what agents are told agree.
+import { randomUUID } from 'node:crypto';
+import { DetError } from '../../common/errors';
+import type { Logger } from '../../common/log';
+import type { AgentToMaster, ExitInfo, RegisteredInfo, Registration } from '../../common/types';
+import { heartbeatTiming } from '../agents/heartbeat';
+import { parseExperimentConfig, type ExperimentConfig } from '../experiment/config';
+import { generateTrials } from '../experiment/searcher';
+import { schedule, type PendingTask } from '../scheduler/scheduler';
+import type { ExperimentRecord, Store, TrialRecord, TrialState } from '../store/store';
+import { deriveExperimentState } from '../task/experiment-state';
+import { holdsAllocation, isTerminal, transition, type TrialEvent } from '../task/trial-machine';
+import { AgentTable, agentRecord, type AgentChannel, type AgentEntry } from './agents';
+import { LogHub } from './log-hub';
+import { buildTaskSpec } from './task-spec';
+
+/** Settings the cluster needs from the master config. */
+export interface ClusterOptions {
+  resourcePools: { name: string; description: string }[];
+  defaultResourcePool: string;
+  agentReconnectGraceMs: number;
+}
+
+/** A trial the master is driving (not terminal). */
+interface LiveTrial {
+  rec: TrialRecord;
+  exp: LiveExperiment;
+  killRequested: boolean;
+  /** Number of allocations made so far; the next allocation id's suffix. */
+  attempts: number;
+}
+
+/** An experiment with unfinished trials. */
+interface LiveExperiment {
+  rec: ExperimentRecord;
+  config: ExperimentConfig;
+  trialStates: Map<number, TrialState>;
+}
+
+/** An allocation in flight. */
+interface LiveAllocation {
+  id: string;
+  trialId: number;
+  agentId: string;
+  slotIds: number[];
+  containerId: string;
+  /** Highest agent-side log sequence stored, to drop resent lines. */
+  lastAgentLogSeq: number;
+}
+
+/** The master's brain. Create with Cluster.open(). */
+export class Cluster {
+  readonly masterId = randomUUID();
+  readonly logs = new LogHub();
+  readonly agents = new AgentTable();
+  private readonly trials = new Map<number, LiveTrial>();
+  private readonly experiments = new Map<number, LiveExperiment>();
+  private readonly allocations = new Map<string, LiveAllocation>();
+  private readonly queue = new Map<number, PendingTask>();
+  private chain: Promise<unknown> = Promise.resolve();
+  private schedulePending = false;
+  private closed = false;
+
+  private constructor(
+    readonly store: Store,
+    readonly clusterId: string,
+    private readonly opts: ClusterOptions,
+    private readonly log: Logger,
+  ) {}
+
+  /** Loads unfinished work from the store and returns a running cluster. */
+  static async open(store: Store, opts: ClusterOptions, log: Logger): Promise<Cluster> {
+    const cluster = new Cluster(store, await store.clusterId(), opts, log);
+    await cluster.recover();
+    return cluster;
+  }
+
+  /** Pool names in config order. */
+  get poolNames(): string[] {
+    return this.opts.resourcePools.map((p) => p.name);
+  }
+  /** Pool definitions. */
+  get resourcePools(): { name: string; description: string }[] {
+    return this.opts.resourcePools;
+  }
+  /** The pool used when an experiment names none. */
+  get defaultPool(): string {
+    return this.opts.defaultResourcePool;
+  }
+
+  /** Trials waiting for slots in a pool. */
+  queuedIn(pool: string): number {
+    let n = 0;
+    for (const t of this.queue.values()) if (t.pool === pool) n++;
+    return n;
+  }
+
+  /** Allocation id -> trial id for allocations on an agent's slots. */
+  trialOfAllocation(allocationId: string): number | undefined {
+    return this.allocations.get(allocationId)?.trialId;
+  }
+
+  /** Whether a trial is still live (not terminal). */
+  isLive(trialId: number): boolean {
+    return this.trials.has(trialId);
+  }
+
+  /** Runs `fn` after every previously queued mutation. */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.chain.then(() => {
+      if (this.closed) throw new DetError('DET_ERR_SHUTTING_DOWN', 'the master is shutting down');
+      return fn();
+    });
+    this.chain = next.catch(() => undefined);
+    return next;
+  }
+
+  /** Stops timers; pending mutations finish first. */
+  async close(): Promise<void> {
+    await this.chain;
+    this.closed = true;
+    for (const a of this.agents.all()) if (a.graceTimer) clearTimeout(a.graceTimer);
+  }
+
+  // ---- experiments -------------------------------------------------------
+
+  /** Validates a config, stores the experiment and its trials, and queues them. */
+  createExperiment(configYaml: string): Promise<{ experiment: ExperimentRecord; trials: TrialRecord[] }> {
+    const config = parseExperimentConfig(configYaml);
+    const pool = config.resources.resourcePool ?? this.opts.defaultResourcePool;
+    if (!this.poolNames.includes(pool)) {
+      throw new DetError('DET_ERR_RESOURCE_POOL_UNKNOWN', `experiment config is invalid (1 problem):\n  - resources.resource_pool: unknown resource pool '${pool}' (this cluster has: ${this.poolNames.join(', ')})`);
+    }
+    const hparams = generateTrials(config);
+    return this.serial(async () => {
+      const now = Date.now();
+      const created = await this.store.createExperiment(
+        { name: config.name, state: 'ACTIVE', configYaml, config, resourcePool: pool, priority: config.resources.priority, killRequested: false, createdAtMs: now, endedAtMs: null },
+        hparams.map((hp) => ({ state: 'QUEUED' as const, hparams: hp, restarts: 0, allocationId: null, agentId: null, slotIds: [], exitCode: null, message: '', createdAtMs: now, endedAtMs: null })),
+      );
+      const exp: LiveExperiment = { rec: created.experiment, config, trialStates: new Map(created.trials.map((t) => [t.id, t.state])) };
+      this.experiments.set(exp.rec.id, exp);
+      for (const rec of created.trials) {
+        this.trials.set(rec.id, { rec, exp, killRequested: false, attempts: 0 });
+        this.enqueue(rec.id);
+      }
+      this.log.info('experiment created', { experiment: exp.rec.id, name: config.name, trials: created.trials.length, pool });
+      this.requestSchedule();
+      return created;
+    });
+  }
+
+  /** Cancels every unfinished trial of an experiment. */
+  killExperiment(id: number): Promise<ExperimentRecord> {
+    return this.serial(async () => {
+      const stored = await this.store.getExperiment(id);
+      if (!stored) throw new DetError('DET_ERR_EXPERIMENT_NOT_FOUND', `experiment ${id} not found`);
+      const exp = this.experiments.get(id);
+      if (!exp) return stored;
+      if (!exp.rec.killRequested) {
+        exp.rec.killRequested = true;
+        await this.store.updateExperiment(id, { killRequested: true });
+        this.log.info('experiment kill requested', { experiment: id });
+      }
+      for (const t of [...this.trials.values()].filter((t) => t.exp === exp)) {
+        t.killRequested = true;
+        await this.apply(t, { type: 'kill' });
+      }
+      await this.refreshExperiment(exp);
+      return (await this.store.getExperiment(id))!;
+    });
+  }
+
+  // ---- agents ------------------------------------------------------------
+
+  /** Accepts a registration; returns what the agent must know, or throws a DetError to reject it. */
+  registerAgent(reg: Registration, channel: AgentChannel): Promise<RegisteredInfo> {
+    return this.serial(async () => {
+      if (!this.poolNames.includes(reg.resourcePool)) {
+        throw new DetError('DET_ERR_RESOURCE_POOL_UNKNOWN', `resource pool '${reg.resourcePool}' does not exist on this master (pools: ${this.poolNames.join(', ')})`);
+      }
+      const existing = this.agents.get(reg.agentId);
+      if (existing?.channel && existing.channel !== channel) {
+        throw new DetError('DET_ERR_AGENT_ID_IN_USE', `agent id '${reg.agentId}' is already connected from ${existing.channel.address}; give each agent a unique agent_id`);
+      }
+      const entry = this.agents.upsert(reg, channel, Date.now());
+      await this.store.putAgent(agentRecord(entry));
+
+      // Reconcile: keep what we expect and the agent still has; the rest is lost or must die.
+      const reported = new Map(reg.containers.map((c) => [c.allocationId, c]));
+      const expected: string[] = [];
+      for (const alloc of [...this.allocations.values()].filter((a) => a.agentId === entry.id)) {
+        const report = reported.get(alloc.id);
+        const trial = this.trials.get(alloc.trialId)!;
+        if (!report) {
+          await this.apply(trial, { type: 'lost', reason: `container of allocation ${alloc.id} is gone from agent ${entry.id}` });
+          continue;
+        }
+        expected.push(alloc.id);
+        if (report.state === 'TERMINATED') {
+          await this.apply(trial, { type: 'exited', exit: report.exit ?? { exitCode: -1, failureKind: 'AGENT_ERROR', message: 'agent reported no exit status' } });
+        } else {
+          await this.apply(trial, { type: 'progress', state: report.state });
+          if (trial.killRequested) channel.send({ kind: 'kill', allocationId: alloc.id, signal: 'SIGTERM', gracePeriodMs: trial.exp.config.killGracePeriodMs });
+        }
+      }
+      const timing = heartbeatTiming(this.agents.connectedCount());
+      this.log.info('agent registered', { agent: entry.id, pool: entry.pool, slots: entry.devices.length, address: channel.address, reattached: expected.length });
+      this.requestSchedule();
+      return { masterId: this.masterId, clusterId: this.clusterId, heartbeatTtlMs: timing.ttlMs, heartbeatIntervalMs: timing.intervalMs, expectedAllocationIds: expected };
+    });
+  }
+
+  /** Handles one message from a registered agent. */
+  agentMessage(agentId: string, channel: AgentChannel, msg: AgentToMaster): Promise<void> {
+    return this.serial(async () => {
+      const entry = this.agents.get(agentId);
+      if (!entry || entry.channel !== channel) return; // stale stream
+      entry.lastSeenMs = Date.now();
+      switch (msg.kind) {
+        case 'heartbeat':
+        case 'register':
+          return;
+        case 'pullProgress':
+          return;
+        case 'logs':
+          return this.storeLogs(msg.allocationId, agentId, msg.lines);
+        case 'containerState': {
+          const alloc = this.allocations.get(msg.allocationId);
+          if (!alloc || alloc.agentId !== agentId) {
+            if (msg.state !== 'TERMINATED') {
+              this.log.warn('agent runs an allocation the master does not expect; killing it', { agent: agentId, allocation: msg.allocationId });
+              channel.send({ kind: 'kill', allocationId: msg.allocationId, signal: 'SIGKILL', gracePeriodMs: 0 });
+            }
+            return;
+          }
+          if (msg.containerId) alloc.containerId = msg.containerId;
+          const trial = this.trials.get(alloc.trialId)!;
+          const event: TrialEvent = msg.state === 'TERMINATED' ? { type: 'exited', exit: msg.exit ?? unknownExit() } : { type: 'progress', state: msg.state };
+          await this.apply(trial, event);
+          return;
+        }
+      }
+    });
+  }
+
+  /** The agent's stream ended (closed, broken or TTL missed). */
+  agentDisconnected(agentId: string, channel: AgentChannel, reason: string): Promise<void> {
+    return this.serial(async () => {
+      const entry = this.agents.get(agentId);
+      if (!entry || entry.channel !== channel) return;
+      entry.channel = undefined;
+      await this.store.putAgent(agentRecord(entry));
+      const running = [...this.allocations.values()].filter((a) => a.agentId === agentId).length;
+      this.log.warn('agent disconnected', { agent: agentId, reason, allocations: running, grace_ms: this.opts.agentReconnectGraceMs });
+      this.startGrace(entry);
+    });
+  }
+
+  private startGrace(entry: AgentEntry): void {
+    if (entry.graceTimer) clearTimeout(entry.graceTimer);
+    entry.graceTimer = setTimeout(() => {
+      entry.graceTimer = undefined;
+      void this.serial(async () => {
+        if (entry.channel) return;
+        for (const alloc of [...this.allocations.values()].filter((a) => a.agentId === entry.id)) {
+          await this.apply(this.trials.get(alloc.trialId)!, { type: 'lost', reason: `agent ${entry.id} did not reconnect within ${Math.round(this.opts.agentReconnectGraceMs / 1000)}s` });
+        }
+      }).catch((err) => this.log.error('reconnect grace handling failed', { agent: entry.id, err }));
+    }, this.opts.agentReconnectGraceMs);
+    entry.graceTimer.unref();
+  }
+
+  // ---- core --------------------------------------------------------------
+
+  private enqueue(trialId: number): void {
+    const t = this.trials.get(trialId)!;
+    this.queue.set(trialId, { id: String(trialId), pool: t.exp.rec.resourcePool, slots: t.exp.config.resources.slotsPerTrial, priority: t.exp.rec.priority, seq: trialId });
+  }
+
+  /** Applies one trial event: state machine, effects, persistence, experiment state. */
+  private async apply(trial: LiveTrial, event: TrialEvent): Promise<void> {
+    const before = trial.rec.state;
+    const r = transition({ state: before, restarts: trial.rec.restarts, maxRestarts: trial.exp.config.maxRestarts, killRequested: trial.killRequested, exitCode: trial.rec.exitCode, message: trial.rec.message }, event);
+    if (r.ignored) {
+      this.log.debug('trial event ignored', { trial: trial.rec.id, event: event.type, why: r.ignored });
+      return;
+    }
+    trial.killRequested = r.next.killRequested;
+    const allocId = trial.rec.allocationId;
+    for (const effect of r.effects) {
+      switch (effect.type) {
+        case 'kill-container': {
+          const alloc = allocId ? this.allocations.get(allocId) : undefined;
+          const agent = alloc ? this.agents.get(alloc.agentId) : undefined;
+          agent?.channel?.send({ kind: 'kill', allocationId: alloc!.id, signal: 'SIGTERM', gracePeriodMs: trial.exp.config.killGracePeriodMs });
+          break;
+        }
+        case 'release-slots':
+          if (allocId) await this.releaseAllocation(allocId, event.type === 'exited' ? event.exit : undefined, event.type === 'lost' ? event.reason : undefined);
+          break;
+        case 'enqueue':
+          this.enqueue(trial.rec.id);
+          break;
+        case 'dequeue':
+          this.queue.delete(trial.rec.id);
+          break;
+        case 'start-container':
+          break; // done by assign(), which already holds the agent and slots
+      }
+    }
+    Object.assign(trial.rec, { state: r.next.state, restarts: r.next.restarts, exitCode: r.next.exitCode, message: r.next.message });
+    const terminal = isTerminal(r.next.state);
+    if (terminal) trial.rec.endedAtMs = Date.now();
+    await this.store.updateTrial(trial.rec.id, { state: trial.rec.state, restarts: trial.rec.restarts, exitCode: trial.rec.exitCode, message: trial.rec.message, endedAtMs: trial.rec.endedAtMs });
+    this.log.info('trial state', { trial: trial.rec.id, from: before, to: r.next.state, ...(r.next.message ? { message: r.next.message } : {}) });
+    trial.exp.trialStates.set(trial.rec.id, r.next.state);
+    if (terminal) {
+      this.trials.delete(trial.rec.id);
+      this.queue.delete(trial.rec.id);
+      this.logs.end(trial.rec.id);
+    }
+    if (before !== r.next.state) await this.refreshExperiment(trial.exp);
+    if (r.effects.some((e) => e.type === 'release-slots' || e.type === 'enqueue')) this.requestSchedule();
+  }
+
+  private async releaseAllocation(allocId: string, exit: ExitInfo | undefined, lostReason: string | undefined): Promise<void> {
+    const alloc = this.allocations.get(allocId);
+    if (!alloc) return;
+    this.allocations.delete(allocId);
+    const agent = this.agents.get(alloc.agentId);
+    for (const s of alloc.slotIds) if (agent?.usedSlots.get(s) === allocId) agent.usedSlots.delete(s);
+    const stored = await this.store.getAllocation(allocId);
+    if (stored) {
+      await this.store.putAllocation({
+        ...stored,
+        state: 'TERMINATED',
+        containerId: alloc.containerId,
+        endedAtMs: Date.now(),
+        exitCode: exit?.exitCode ?? null,
+        failureKind: exit?.failureKind ?? (lostReason ? 'AGENT_ERROR' : null),
+        message: exit?.message ?? lostReason ?? '',
+      });
+    }
+  }
+
+  private async refreshExperiment(exp: LiveExperiment): Promise<void> {
+    const state = deriveExperimentState([...exp.trialStates.values()], exp.rec.killRequested);
+    if (state === exp.rec.state) return;
+    exp.rec.state = state;
+    const ended = state === 'COMPLETED' || state === 'CANCELED' || state === 'ERROR';
+    exp.rec.endedAtMs = ended ? Date.now() : null;
+    await this.store.updateExperiment(exp.rec.id, { state, endedAtMs: exp.rec.endedAtMs });
+    this.log.info('experiment state', { experiment: exp.rec.id, state });
+    if (ended) this.experiments.delete(exp.rec.id);
+  }
+
+  /** Coalesces scheduling requests into one pass on the serial queue (event-driven, no polling). */
+  requestSchedule(): void {
+    if (this.schedulePending || this.closed) return;
+    this.schedulePending = true;
+    void this.serial(async () => {
+      this.schedulePending = false;
+      await this.schedulePass();
+    }).catch((err) => {
+      this.schedulePending = false;
+      if (!this.closed) this.log.error('scheduling pass failed', { err });
+    });
+  }
+
+  private async schedulePass(): Promise<void> {
+    if (this.queue.size === 0) return;
+    const plan = schedule([...this.queue.values()], this.agents.capacity());
+    for (const a of plan.assignments) await this.assign(Number(a.taskId), a.agentId, a.slotIds);
+    for (const [taskId, reason] of plan.waiting) {
+      const trial = this.trials.get(Number(taskId));
+      if (trial && trial.rec.message !== reason && !trial.rec.message.includes('restarting')) {
+        trial.rec.message = reason;
+        await this.store.updateTrial(trial.rec.id, { message: reason });
+      }
+    }
+  }
+
+  private async assign(trialId: number, agentId: string, slotIds: number[]): Promise<void> {
+    const trial = this.trials.get(trialId)!;
+    const agent = this.agents.get(agentId)!;
+    this.queue.delete(trialId);
+    const allocationId = `${trial.rec.taskId}.${trial.attempts}`;
+    trial.attempts++;
+    const now = Date.now();
+    await this.store.putAllocation({ id: allocationId, trialId, taskId: trial.rec.taskId, agentId, slotIds, state: 'ASSIGNED', containerId: '', createdAtMs: now, endedAtMs: null, exitCode: null, failureKind: null, message: '' });
+    this.allocations.set(allocationId, { id: allocationId, trialId, agentId, slotIds, containerId: '', lastAgentLogSeq: 0 });
+    for (const s of slotIds) agent.usedSlots.set(s, allocationId);
+    Object.assign(trial.rec, { allocationId, agentId, slotIds });
+    await this.store.updateTrial(trialId, { allocationId, agentId, slotIds });
+    await this.apply(trial, { type: 'assigned' });
+    const deviceType = agent.devices.find((d) => slotIds.includes(d.id))?.type ?? 'cpu';
+    const spec = buildTaskSpec({
+      clusterId: this.clusterId, experimentId: trial.exp.rec.id, trialId, taskId: trial.rec.taskId, allocationId, agentId, slotIds, deviceType,
+      hparams: trial.rec.hparams, restarts: trial.rec.restarts, config: trial.exp.config,
+    });
+    agent.channel?.send({ kind: 'start', spec });
+  }
+
+  private async storeLogs(allocationId: string, agentId: string, lines: { sequence: number; timestampMs: number; stream: 'stdout' | 'stderr' | 'agent'; text: string }[]): Promise<void> {
+    const alloc = this.allocations.get(allocationId);
+    if (!alloc || alloc.agentId !== agentId) return;
+    const fresh = lines.filter((l) => l.sequence > alloc.lastAgentLogSeq);
+    if (fresh.length === 0) return;
+    alloc.lastAgentLogSeq = fresh[fresh.length - 1].sequence;
+    const records = await this.store.appendTrialLogs(alloc.trialId, fresh.map((l) => ({ allocationId, timestampMs: l.timestampMs, stream: l.stream, text: l.text })));
+    this.logs.publish(alloc.trialId, records);
+  }
+
+  /** Rebuilds in-memory state from the store after a start. */
+  private async recover(): Promise<void> {
+    for (const rec of await this.store.listAgents()) this.agents.restore(rec);
+    const active = await this.store.listActiveTrials();
+    for (const rec of active) {
+      let exp = this.experiments.get(rec.experimentId);
+      if (!exp) {
+        const erec = (await this.store.getExperiment(rec.experimentId))!;
+        const config = parseExperimentConfig(erec.configYaml);
+        const all = await this.store.listTrials(erec.id);
+        exp = { rec: erec, config, trialStates: new Map(all.map((t) => [t.id, t.state])) };
+        this.experiments.set(erec.id, exp);
+      }
+      const attempts = rec.allocationId ? Number(rec.allocationId.split('.').pop()) + 1 : 0;
+      const trial: LiveTrial = { rec, exp, killRequested: exp.rec.killRequested, attempts };
+      this.trials.set(rec.id, trial);
+      if (holdsAllocation(rec.state) && rec.allocationId && rec.agentId) {
+        this.allocations.set(rec.allocationId, { id: rec.allocationId, trialId: rec.id, agentId: rec.agentId, slotIds: rec.slotIds, containerId: '', lastAgentLogSeq: 0 });
+        const agent = this.agents.get(rec.agentId);
+        if (agent) for (const s of rec.slotIds) agent.usedSlots.set(s, rec.allocationId);
+      } else if (rec.state === 'QUEUED') {
+        this.enqueue(rec.id);
+      }
+    }
+    // Agents holding allocations get the reconnect grace period to come back.
+    for (const agent of this.agents.all()) if (agent.usedSlots.size > 0 || [...this.allocations.values()].some((a) => a.agentId === agent.id)) this.startGrace(agent);
+    if (active.length > 0) this.log.info('recovered unfinished work from the store', { trials: active.length, allocations: this.allocations.size });
+    this.requestSchedule();
+  }
+}
+
+function unknownExit(): ExitInfo {
+  return { exitCode: -1, failureKind: 'AGENT_ERROR', message: 'agent reported termination without an exit status' };
+}

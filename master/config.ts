@@ -1,0 +1,118 @@
+// det-master configuration: defaults -> YAML file -> DET_* env -> flags ->
+// validate (all problems at once, unknown keys rejected) -> freeze.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { z } from 'zod';
+import { envLayer, mergeLayers, readYamlFile, validateConfig, type ConfigLayer } from '../common/config/pipeline';
+import { parseDurationMs } from './experiment/units';
+
+/** The default config file, read when present and --config-file is not given. */
+export const DEFAULT_CONFIG_FILE = '/etc/determined/master.yaml';
+
+const duration = (what: string) =>
+  z.union([z.string(), z.number()]).transform((v, ctx) => {
+    const ms = parseDurationMs(v);
+    if (ms === undefined) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, message: `cannot parse ${JSON.stringify(v)} as ${what}: use e.g. 30s, 5m` });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
+const schema = z
+  .object({
+    /** Address the gRPC port binds to. */
+    host: z.string().min(1).default('127.0.0.1'),
+    /** gRPC port for agents and the CLI. */
+    port: z.number().int().min(0).max(65535).default(8080),
+    /** Directory for the SQLite database and the generated agent token. */
+    data_dir: z.string().min(1).default('.det'),
+    /** SQLite file path or postgres:// URL; default <data_dir>/determined.db. */
+    db: z.string().min(1).optional(),
+    /** Cluster name shown by `det master info`. */
+    cluster_name: z.string().default('determined'),
+    /** Cluster join token agents must present; generated into <data_dir>/agent_token when unset. */
+    agent_token: z.string().min(16, 'must be at least 16 characters').optional(),
+    /** TLS for the gRPC port; both or neither. */
+    tls: z.object({ cert: z.string().min(1), key: z.string().min(1) }).strict().optional(),
+    /** Resource pools agents can join. */
+    resource_pools: z
+      .array(z.object({ pool_name: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'use letters, digits, _ . -'), description: z.string().default('') }).strict())
+      .min(1, 'needs at least one pool')
+      .default([{ pool_name: 'default', description: '' }]),
+    /** Pool for experiments that name none. */
+    default_resource_pool: z.string().optional(),
+    /** How long a disconnected agent's tasks wait for it to come back before they are restarted elsewhere. */
+    agent_reconnect_grace: duration('a duration').default('30s'),
+    /** Log level. */
+    log_level: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+  })
+  .strict()
+  .superRefine((c, ctx) => {
+    const names = c.resource_pools.map((p) => p.pool_name);
+    names.forEach((n, i) => {
+      if (names.indexOf(n) !== i) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['resource_pools', i, 'pool_name'], message: `duplicate pool ${n}` });
+    });
+    if (c.default_resource_pool !== undefined && !names.includes(c.default_resource_pool)) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['default_resource_pool'], message: `${c.default_resource_pool} is not one of resource_pools (${names.join(', ')})` });
+    }
+  });
+
+/** Validated master config. */
+export interface MasterConfig {
+  host: string;
+  port: number;
+  dataDir: string;
+  /** SQLite path or postgres URL. */
+  db: string;
+  clusterName: string;
+  agentToken: string | undefined;
+  tls: { cert: string; key: string } | undefined;
+  resourcePools: { name: string; description: string }[];
+  defaultResourcePool: string;
+  agentReconnectGraceMs: number;
+  logLevel: 'debug' | 'info' | 'warn' | 'error';
+}
+
+/** DET_* variables the master reads, and the key each sets. */
+export const MASTER_ENV: Record<string, string> = {
+  DET_HOST: 'host',
+  DET_PORT: 'port',
+  DET_DATA_DIR: 'data_dir',
+  DET_DB: 'db',
+  DET_CLUSTER_NAME: 'cluster_name',
+  DET_AGENT_TOKEN: 'agent_token',
+  DET_TLS_CERT: 'tls.cert',
+  DET_TLS_KEY: 'tls.key',
+  DET_DEFAULT_RESOURCE_POOL: 'default_resource_pool',
+  DET_AGENT_RECONNECT_GRACE: 'agent_reconnect_grace',
+  DET_LOG_LEVEL: 'log_level',
+};
+
+/** Command-line flags, already parsed into a layer by the caller. */
+export interface MasterFlags {
+  configFile?: string;
+  layer: ConfigLayer;
+}
+
+/** Runs the pipeline. Throws DET_ERR_CONFIG_INVALID listing every problem. */
+export function loadMasterConfig(flags: MasterFlags, env: NodeJS.ProcessEnv = process.env): MasterConfig {
+  const file = flags.configFile ?? (fs.existsSync(DEFAULT_CONFIG_FILE) ? DEFAULT_CONFIG_FILE : undefined);
+  const merged = mergeLayers(file ? readYamlFile(file) : {}, envLayer(env, MASTER_ENV), flags.layer);
+  const c = validateConfig(schema, merged, `master config${file ? ` (${file})` : ''}`);
+  const dataDir = path.resolve(c.data_dir);
+  const db = c.db ?? path.join(dataDir, 'determined.db');
+  return Object.freeze({
+    host: c.host,
+    port: c.port,
+    dataDir,
+    db: /^postgres(ql)?:\/\//.test(db) ? db : path.resolve(db),
+    clusterName: c.cluster_name,
+    agentToken: c.agent_token,
+    tls: c.tls,
+    resourcePools: c.resource_pools.map((p) => ({ name: p.pool_name, description: p.description })),
+    defaultResourcePool: c.default_resource_pool ?? c.resource_pools[0].pool_name,
+    agentReconnectGraceMs: c.agent_reconnect_grace as unknown as number,
+    logLevel: c.log_level,
+  });
+}
