@@ -133,12 +133,14 @@ export interface ClientTimeouts {
 /** The admin API with promise-returning calls; every failure is a DetError, Interrupted, or the caller's abort reason. */
 export class MasterClient {
   readonly target: string;
+  private readonly tls: boolean;
   private readonly raw: DeterminedClient;
   private readonly timeouts: ClientTimeouts;
 
   /** `signal` is the process's Ctrl-C signal: it cancels every call in flight. */
   constructor(config: ConnectionConfig, private readonly signal: AbortSignal, timeouts?: Partial<ClientTimeouts>) {
     this.target = config.address.target;
+    this.tls = config.tls;
     this.timeouts = { callMs: CALL_TIMEOUT_MS, connectMs: CONNECT_TIMEOUT_MS, ...timeouts };
     const options: grpc.ChannelOptions = {};
     if (config.tls && config.certName) {
@@ -243,7 +245,7 @@ export class MasterClient {
   private failure(err: unknown, stop?: AbortSignal): Error {
     if (this.signal.aborted) return new Interrupted();
     if (stop?.aborted) return stop.reason instanceof Error ? stop.reason : new Error(String(stop.reason));
-    return fromGrpcError(err, this.target, this.timeouts.callMs);
+    return fromGrpcError(err, this.target, this.timeouts.callMs, this.tls);
   }
 
   /**

@@ -22,8 +22,16 @@ export class Interrupted extends Error {
   }
 }
 
-/** The message for a master that does not answer. */
-export function unreachable(target: string, reason: string): DetError {
+const TLS_FAILURE = /\b(cert|certificate|tls|ssl|altnames?|handshake|self[- ]signed)\b/i;
+
+/** The message for a master that does not answer; TLS failures point at the certificate flags instead. */
+export function unreachable(target: string, reason: string, tls = false): DetError {
+  if (tls && TLS_FAILURE.test(reason)) {
+    return new DetError(
+      'DET_ERR_MASTER_UNREACHABLE',
+      `cannot reach the master at ${target} over TLS (${reason}): check --cert-file and --cert-name (DET_MASTER_CERT_FILE, DET_MASTER_CERT_NAME).`,
+    );
+  }
   return new DetError(
     'DET_ERR_MASTER_UNREACHABLE',
     `cannot reach the master at ${target} (${reason}): is det-master running? Set -m/--master or DET_MASTER.`,
@@ -38,8 +46,12 @@ function isServiceError(err: unknown): err is grpc.ServiceError {
 export function connectionReason(details: string): string {
   const last = /Last error: (.*)$/s.exec(details);
   let reason = last ? last[1] : details;
-  reason = reason.replace(/\.?\s*Resolution note:.*$/s, '').replace(/^(Error: )+/, '').trim();
-  return reason.replace(/\.$/, '') || 'unavailable';
+  reason = reason
+    .replace(/\.?\s*Resolution note:.*$/s, '')
+    .replace(/^(Error( \[\w+\])?: )+/, '')
+    .replace(/\s*\(\d{4}-\d\d-\d\dT[\d:.]+Z\)$/, '')
+    .trim();
+  return reason.replace(/[.:]$/, '') || 'unavailable';
 }
 
 /** Fallback codes for statuses that arrive without an `x-det-error-code` trailer. */
@@ -64,14 +76,18 @@ function codeForStatus(code: grpc.status): ErrorCode {
  * lines, e.g. every problem of an experiment config); one without came from the
  * transport.
  */
-export function fromGrpcError(err: unknown, target: string, timeoutMs: number): Error {
+export function fromGrpcError(err: unknown, target: string, timeoutMs: number, tls = false): Error {
   if (!isServiceError(err)) return err instanceof Error ? err : new Error(String(err));
   const trailer = err.metadata?.get(ERROR_CODE_METADATA_KEY)[0];
   const code = isErrorCode(String(trailer)) ? (String(trailer) as ErrorCode) : undefined;
   if (!code) {
-    if (err.code === grpc.status.UNAVAILABLE) return unreachable(target, connectionReason(err.details ?? ''));
+    if (err.code === grpc.status.UNAVAILABLE) return unreachable(target, connectionReason(err.details ?? ''), tls);
     if (err.code === grpc.status.DEADLINE_EXCEEDED) {
       return new DetError('DET_ERR_MASTER_UNREACHABLE', `the master at ${target} did not answer within ${timeoutMs / 1000}s: is it overloaded or stuck?`);
+    }
+    if (err.code === grpc.status.CANCELLED) {
+      // We did not cancel (Ctrl-C is handled before mapping): the master reset the stream, e.g. while shutting down.
+      return new DetError('DET_ERR_MASTER_UNREACHABLE', `the master at ${target} closed the connection (${err.details || 'cancelled'})`);
     }
     if (err.code === grpc.status.UNIMPLEMENTED) {
       return new DetError('DET_ERR_INTERNAL', `the master at ${target} does not implement this call (${err.details}): is det older than the master, or the master older than det?`);

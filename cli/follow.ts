@@ -25,8 +25,9 @@ export interface LogStreamOptions {
   onReconnect?: (err: Error) => void;
 }
 
-function isConnectionLoss(err: unknown): boolean {
-  return err instanceof DetError && err.code === 'DET_ERR_MASTER_UNREACHABLE';
+/** Lost connections and a master that is shutting down are worth a retry; the registry says which codes are. */
+function isRetryable(err: unknown): boolean {
+  return err instanceof DetError && err.retryable;
 }
 
 /**
@@ -63,7 +64,7 @@ export async function streamTrialLogs(
       return;
     } catch (err) {
       const now = Date.now();
-      if (!options.follow || !isConnectionLoss(err) || (outageSince && now - outageSince > RESUME_WINDOW_MS)) throw err;
+      if (!options.follow || !isRetryable(err) || (outageSince && now - outageSince > RESUME_WINDOW_MS)) throw err;
       if (!outageSince) {
         outageSince = now;
         options.onReconnect?.(err as Error);

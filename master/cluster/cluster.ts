@@ -165,10 +165,7 @@ export class Cluster {
         await this.store.updateExperiment(id, { killRequested: true });
         this.log.info('experiment kill requested', { experiment: id });
       }
-      for (const t of [...this.trials.values()].filter((t) => t.exp === exp)) {
-        t.killRequested = true;
-        await this.apply(t, { type: 'kill' });
-      }
+      for (const t of [...this.trials.values()].filter((t) => t.exp === exp)) await this.apply(t, { type: 'kill' });
       await this.refreshExperiment(exp);
       return (await this.store.getExperiment(id))!;
     });

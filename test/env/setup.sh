@@ -549,6 +549,9 @@ main() {
 
   install_packages
 
+  [[ "$DIR" == /* && "$DIR" != *[[:space:]]* ]] || die "DET_TESTENV_DIR must be an absolute path without spaces: $DIR"
+  # Unix socket paths (containerd's ttrpc socket is the longest below DIR) are limited to 107 bytes.
+  ((${#DIR} <= 60)) || die "DET_TESTENV_DIR is too long for unix sockets (${#DIR} > 60 characters): $DIR"
   mkdir -p "$DIR"
   chmod 755 "$DIR"
   # One setup or teardown at a time per state dir.

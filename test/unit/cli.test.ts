@@ -5,7 +5,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseMasterAddress, resolveConnection } from '../../cli/client';
-import { connectionReason } from '../../cli/errors';
+import { connectionReason, unreachable } from '../../cli/errors';
 import { formatDuration, table } from '../../cli/format';
 import { main, type CliIO } from '../../cli/main';
 import type { TrialLogsRequest__Output } from '../../common/proto-gen/determined/api/v1/TrialLogsRequest';
@@ -90,6 +90,13 @@ describe('det CLI', () => {
         connectionReason('No connection established. Last error: Error: connect ECONNREFUSED 127.0.0.1:1. Resolution note: '),
         'connect ECONNREFUSED 127.0.0.1:1',
       );
+      assert.equal(connectionReason('Failed to connect (2026-11-28T20:16:41.992Z)'), 'Failed to connect');
+      const tlsReason = connectionReason(
+        "No connection established. Last error: Error [ERR_TLS_CERT_ALTNAME_INVALID]: Hostname/IP does not match certificate's altnames: IP: 127.0.0.1 is not in the cert's list: . Resolution note: ",
+      );
+      assert.equal(tlsReason, "Hostname/IP does not match certificate's altnames: IP: 127.0.0.1 is not in the cert's list");
+      assert.match(unreachable('m:1', tlsReason, true).message, /^cannot reach the master at m:1 over TLS \(.*\): check --cert-file and --cert-name/);
+      assert.match(unreachable('m:1', 'connect ECONNREFUSED 1.2.3.4:1', true).message, /is det-master running\?/);
     });
   });
 
@@ -263,7 +270,8 @@ describe('det CLI', () => {
       fake = await startFakeMaster(handlers, port);
       assert.equal(await running, 0, err);
       assert.equal(out, 'seven 1\nseven 2\nseven 3\nseven 4\nseven 5\n');
-      assert.match(err, new RegExp(`^det: cannot reach the master at 127\\.0\\.0\\.1:${port} .*; reconnecting\\.\\.\\.\\n$`));
+      // One notice per outage, however many retries it took.
+      assert.match(err, new RegExp(`^det: (cannot reach the master at|the master at) 127\\.0\\.0\\.1:${port} [^\\n]*; reconnecting\\.\\.\\.\\n$`));
       assert.deepEqual(
         [...firstCalls, ...fake.calls].filter((c) => c.method === 'TrialLogs').map((c) => (c.request as TrialLogsRequest__Output).afterSequence).slice(-1),
         [2],
