@@ -3,7 +3,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { z } from 'zod';
-import { envLayer, mergeLayers, readYamlFile, validateConfig, type ConfigLayer } from '../common/config/pipeline';
+import { deepFreeze, envLayer, mergeLayers, readYamlFile, validateConfig, type ConfigLayer, type EnvMapping } from '../common/config/pipeline';
 
 /** Read when present and --config-file is not given. */
 export const DEFAULT_AGENT_CONFIG_FILE = '/etc/determined/agent.yaml';
@@ -54,9 +54,9 @@ export interface AgentOptions {
 }
 
 /** DET_* variables the agent reads, and the key each sets. */
-export const AGENT_ENV: Record<string, string> = {
+export const AGENT_ENV: EnvMapping = {
   DET_MASTER_HOST: 'master_host',
-  DET_MASTER_PORT: 'master_port',
+  DET_MASTER_PORT: { key: 'master_port', type: 'number' },
   DET_AGENT_ID: 'agent_id',
   DET_RESOURCE_POOL: 'resource_pool',
   DET_AGENT_TOKEN: 'agent_token',
@@ -64,7 +64,7 @@ export const AGENT_ENV: Record<string, string> = {
   DET_MASTER_CERT_NAME: 'tls.server_name',
   DET_DOCKER_SOCKET: 'docker_socket',
   DET_SLOT_TYPE: 'slot_type',
-  DET_CPU_SLOTS: 'cpu_slots',
+  DET_CPU_SLOTS: { key: 'cpu_slots', type: 'number' },
   DET_CONTAINER_NETWORK_MODE: 'container_network_mode',
   DET_LOG_LEVEL: 'log_level',
 };
@@ -81,7 +81,7 @@ export function loadAgentOptions(flags: { configFile?: string; layer: ConfigLaye
   const merged = mergeLayers(dockerHostSocket(env), file ? readYamlFile(file) : {}, envLayer(env, AGENT_ENV), flags.layer);
   const c = validateConfig(schema, merged, `agent config${file ? ` (${file})` : ''}`);
   const tlsOn = c.tls !== undefined && c.tls.enabled;
-  return Object.freeze({
+  return deepFreeze({
     masterHost: c.master_host,
     masterPort: c.master_port,
     agentId: c.agent_id ?? os.hostname(),

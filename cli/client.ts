@@ -208,6 +208,7 @@ export class MasterClient {
       const signals = stop ? [this.signal, stop] : [this.signal];
       const done = () => signals.forEach((s) => s.removeEventListener('abort', onAbort));
       signals.forEach((s) => s.addEventListener('abort', onAbort, { once: true }));
+      if (signals.some((s) => s.aborted)) onAbort();
       call.on('data', (batch: { logs: TrialLog__Output[] }) => {
         try {
           onLogs(batch.logs);
@@ -239,6 +240,7 @@ export class MasterClient {
         else resolve(res as Res);
       });
       this.signal.addEventListener('abort', onAbort, { once: true });
+      if (this.signal.aborted) onAbort();
     });
   }
 

@@ -35,9 +35,12 @@ export function buildProgram(ctx: Context, io: CliIO): Command {
     .option('-m, --master <address>', 'master address HOST:PORT (env DET_MASTER; default 127.0.0.1:8080)')
     .option('--cert-file <path>', 'CA certificate to trust for the master; enables TLS (env DET_MASTER_CERT_FILE)')
     .option('--cert-name <name>', 'server name expected in the master certificate (env DET_MASTER_CERT_NAME)')
+    .option('--json', 'print JSON instead of tables (read commands; also accepted after the command)')
     .version(version(), '-v, --version', 'print the det version');
   program.hook('preAction', (_program, action) => {
     const opts = action.optsWithGlobals<{ master?: string; certFile?: string; certName?: string }>();
+    // A global --json applies to the command when that command knows --json.
+    if (program.opts().json && action.options.some((o) => o.long === '--json')) action.setOptionValue('json', true);
     ctx.flags = { master: opts.master, certFile: opts.certFile, certName: opts.certName };
   });
   registerMaster(program, ctx);

@@ -45,7 +45,7 @@ function formatFields(fields?: LogFields): string {
   let out = '';
   for (const [k, v] of Object.entries(fields)) {
     if (v === undefined) continue;
-    const value = SECRET_KEY.test(k) ? '[redacted]' : redactUrl(v instanceof Error ? v.message : typeof v === 'string' ? v : JSON.stringify(v));
+    const value = SECRET_KEY.test(k) ? '[redacted]' : redactUrl(v instanceof Error ? v.message : typeof v === 'string' ? v : JSON.stringify(redactSecrets(v)));
     out += ` ${k}=${/[\s"=]/.test(value) ? JSON.stringify(value) : value}`;
   }
   return out;

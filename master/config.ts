@@ -3,7 +3,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
-import { envLayer, mergeLayers, readYamlFile, validateConfig, type ConfigLayer } from '../common/config/pipeline';
+import { asRecord, deepFreeze, envLayer, mergeLayers, readYamlFile, validateConfig, type ConfigLayer, type ConfigProblem, type CrossCheck, type EnvMapping } from '../common/config/pipeline';
 import { parseDurationMs } from './experiment/units';
 
 /** The default config file, read when present and --config-file is not given. */
@@ -47,16 +47,21 @@ const schema = z
     /** Log level. */
     log_level: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
   })
-  .strict()
-  .superRefine((c, ctx) => {
-    const names = c.resource_pools.map((p) => p.pool_name);
-    names.forEach((n, i) => {
-      if (names.indexOf(n) !== i) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['resource_pools', i, 'pool_name'], message: `duplicate pool ${n}` });
-    });
-    if (c.default_resource_pool !== undefined && !names.includes(c.default_resource_pool)) {
-      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['default_resource_pool'], message: `${c.default_resource_pool} is not one of resource_pools (${names.join(', ')})` });
-    }
+  .strict();
+
+/** Checks between keys, on the raw input so they are reported along with schema problems. */
+const crossCheck: CrossCheck = (raw) => {
+  const problems: ConfigProblem[] = [];
+  const pools = Array.isArray(raw.resource_pools) ? raw.resource_pools : [{ pool_name: 'default' }];
+  const names = pools.map((p) => asRecord(p)?.pool_name).filter((n): n is string => typeof n === 'string');
+  names.forEach((n, i) => {
+    if (names.indexOf(n) !== i) problems.push({ path: ['resource_pools', i, 'pool_name'], message: `duplicate pool ${n}` });
   });
+  if (typeof raw.default_resource_pool === 'string' && !names.includes(raw.default_resource_pool)) {
+    problems.push({ path: ['default_resource_pool'], message: `${raw.default_resource_pool} is not one of resource_pools (${names.join(', ')})` });
+  }
+  return problems;
+};
 
 /** Validated master config. */
 export interface MasterConfig {
@@ -75,9 +80,9 @@ export interface MasterConfig {
 }
 
 /** DET_* variables the master reads, and the key each sets. */
-export const MASTER_ENV: Record<string, string> = {
+export const MASTER_ENV: EnvMapping = {
   DET_HOST: 'host',
-  DET_PORT: 'port',
+  DET_PORT: { key: 'port', type: 'number' },
   DET_DATA_DIR: 'data_dir',
   DET_DB: 'db',
   DET_CLUSTER_NAME: 'cluster_name',
@@ -99,10 +104,10 @@ export interface MasterFlags {
 export function loadMasterConfig(flags: MasterFlags, env: NodeJS.ProcessEnv = process.env): MasterConfig {
   const file = flags.configFile ?? (fs.existsSync(DEFAULT_CONFIG_FILE) ? DEFAULT_CONFIG_FILE : undefined);
   const merged = mergeLayers(file ? readYamlFile(file) : {}, envLayer(env, MASTER_ENV), flags.layer);
-  const c = validateConfig(schema, merged, `master config${file ? ` (${file})` : ''}`);
+  const c = validateConfig(schema, merged, `master config${file ? ` (${file})` : ''}`, crossCheck);
   const dataDir = path.resolve(c.data_dir);
   const db = c.db ?? path.join(dataDir, 'determined.db');
-  return Object.freeze({
+  return deepFreeze({
     host: c.host,
     port: c.port,
     dataDir,

@@ -8,8 +8,12 @@ import { DetError } from '../errors';
 /** A source layer: a partial config object as given (keys in snake_case, nested). */
 export type ConfigLayer = Record<string, unknown>;
 
-/** Maps a DET_* variable to a dotted key path, e.g. DET_AGENT_TOKEN -> "agent_token". */
-export type EnvMapping = Record<string, string>;
+/**
+ * Maps a DET_* variable to a dotted key path, e.g. DET_AGENT_TOKEN -> "agent_token".
+ * Values are strings as given (tokens like "0123" stay intact) unless the key is
+ * declared as a number or boolean.
+ */
+export type EnvMapping = Record<string, string | { key: string; type: 'number' | 'boolean' }>;
 
 /** Reads a YAML config file into a layer; problems become DET_ERR_CONFIG_INVALID. */
 export function readYamlFile(file: string): ConfigLayer {
@@ -30,21 +34,21 @@ export function readYamlFile(file: string): ConfigLayer {
   return value as ConfigLayer;
 }
 
-/** Builds a layer from DET_* variables; values are parsed as YAML scalars (numbers, booleans, lists). */
+/** Builds a layer from DET_* variables; empty variables are ignored. */
 export function envLayer(env: NodeJS.ProcessEnv, mapping: EnvMapping): ConfigLayer {
   const layer: ConfigLayer = {};
-  for (const [name, keyPath] of Object.entries(mapping)) {
+  for (const [name, target] of Object.entries(mapping)) {
     const raw = env[name];
     if (raw === undefined || raw === '') continue;
-    let value: unknown = raw;
-    try {
-      value = YAML.parse(raw);
-    } catch {
-      value = raw;
+    if (typeof target === 'string') {
+      setPath(layer, target, raw);
+      continue;
     }
-    // Keep strings that YAML would mangle (e.g. "0123", tokens) as given when the result is not a scalar we expect.
-    if (value === null || typeof value === 'object') value = raw;
-    setPath(layer, keyPath, value);
+    // A value that does not parse stays a string, so validation names the key and the bad value.
+    let value: unknown = raw;
+    if (target.type === 'number' && raw.trim() !== '' && Number.isFinite(Number(raw))) value = Number(raw);
+    if (target.type === 'boolean' && /^(true|false)$/i.test(raw.trim())) value = raw.trim().toLowerCase() === 'true';
+    setPath(layer, target.key, value);
   }
   return layer;
 }
@@ -92,14 +96,38 @@ export function formatIssues(err: ZodError, prefix = ''): string[] {
   });
 }
 
+/** A problem found outside the schema (e.g. between fields), with its key path. */
+export interface ConfigProblem {
+  path: (string | number)[];
+  message: string;
+}
+
+/** Checks between fields; run on the raw input even when the schema rejects other fields. */
+export type CrossCheck = (raw: Record<string, unknown>) => ConfigProblem[];
+
+/** Problem lines from schema issues plus cross-field problems, without duplicates. */
+export function collectProblems(err: ZodError | undefined, cross: ConfigProblem[]): string[] {
+  const lines = err ? formatIssues(err).flatMap((l) => l.split('\n')) : [];
+  for (const p of cross) lines.push(`${p.path.join('.')}: ${p.message}`);
+  return [...new Set(lines)];
+}
+
+/** The one error listing every problem, e.g. "invalid master config (2 problems):\n  - port: ...". */
+export function problemsError(code: 'DET_ERR_CONFIG_INVALID' | 'DET_ERR_EXPERIMENT_CONFIG_INVALID', headline: string, lines: string[]): DetError {
+  return new DetError(code, `${headline} (${lines.length} problem${lines.length === 1 ? '' : 's'}):\n` + lines.map((l) => `  - ${l}`).join('\n'));
+}
+
 /** Validates the merged layers; throws one DetError listing ALL problems. Returns a frozen config. */
-export function validateConfig<S extends ZodTypeAny>(schema: S, merged: ConfigLayer, what: string, code: 'DET_ERR_CONFIG_INVALID' | 'DET_ERR_EXPERIMENT_CONFIG_INVALID' = 'DET_ERR_CONFIG_INVALID'): output<S> {
+export function validateConfig<S extends ZodTypeAny>(schema: S, merged: ConfigLayer, what: string, cross: CrossCheck = () => []): output<S> {
   const result = schema.safeParse(merged);
-  if (!result.success) {
-    const lines = formatIssues(result.error).flatMap((l) => l.split('\n'));
-    throw new DetError(code, `invalid ${what} (${lines.length} problem${lines.length === 1 ? '' : 's'}):\n` + lines.map((l) => `  - ${l}`).join('\n'));
-  }
+  const lines = collectProblems(result.success ? undefined : result.error, cross(merged));
+  if (lines.length > 0) throw problemsError('DET_ERR_CONFIG_INVALID', `invalid ${what}`, lines);
   return deepFreeze(result.data as output<S>);
+}
+
+/** `value` as a record when it is a plain object (for defensive cross checks on raw input). */
+export function asRecord(value: unknown): Record<string, unknown> | undefined {
+  return typeof value === 'object' && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : undefined;
 }
 
 /** Freezes an object graph. */

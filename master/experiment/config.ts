@@ -3,7 +3,7 @@
 import * as YAML from 'yaml';
 import { z } from 'zod';
 import { DetError } from '../../common/errors';
-import { formatIssues } from '../../common/config/pipeline';
+import { asRecord, collectProblems, problemsError, type ConfigProblem } from '../../common/config/pipeline';
 import { parseBytes, parseDurationMs } from './units';
 
 const scalar = z.union([z.string(), z.number(), z.boolean()]);
@@ -59,29 +59,38 @@ const schema = z
     max_restarts: z.number().int().min(0).default(5),
     kill_grace_period: z.union([z.string(), z.number()]).default('10s'),
   })
-  .strict()
-  .superRefine((c, ctx) => {
-    for (const [name, hp] of Object.entries(c.hyperparameters)) {
-      if (typeof hp === 'object' && 'minval' in hp && hp.minval > hp.maxval) {
-        ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['hyperparameters', name, 'maxval'], message: `must be >= minval (${hp.minval})` });
-      }
-      if (c.searcher.name === 'grid' && typeof hp === 'object' && (hp.type === 'double' || hp.type === 'log') && hp.count === undefined) {
-        ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['hyperparameters', name, 'count'], message: 'grid search needs count for int, double and log hyperparameters' });
-      }
-      if (c.searcher.name === 'grid' && typeof hp === 'object' && hp.type === 'int' && hp.count === undefined && hp.maxval - hp.minval + 1 > 1000) {
-        ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['hyperparameters', name, 'count'], message: 'grid search over a range of more than 1000 integers needs count' });
-      }
+  .strict();
+
+/** Checks between fields, on the raw input so they are reported along with schema problems. */
+function crossCheck(raw: Record<string, unknown>): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  const searcher = asRecord(raw.searcher)?.name;
+  for (const [name, value] of Object.entries(asRecord(raw.hyperparameters) ?? {})) {
+    const hp = asRecord(value);
+    if (!hp) continue;
+    if (typeof hp.minval === 'number' && typeof hp.maxval === 'number' && hp.minval > hp.maxval) {
+      problems.push({ path: ['hyperparameters', name, 'maxval'], message: `must be >= minval (${hp.minval})` });
     }
-    if (c.searcher.name === 'random' && c.searcher.max_trials === undefined) {
-      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['searcher', 'max_trials'], message: 'required for the random searcher' });
+    if (searcher === 'grid' && (hp.type === 'double' || hp.type === 'log') && hp.count === undefined) {
+      problems.push({ path: ['hyperparameters', name, 'count'], message: 'grid search needs count for double and log hyperparameters' });
     }
-    if (c.resources.memory_limit !== undefined && parseBytes(c.resources.memory_limit) === undefined) {
-      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['resources', 'memory_limit'], message: `cannot parse ${JSON.stringify(c.resources.memory_limit)}: use bytes or a size like 512Mi or 2G` });
+    if (searcher === 'grid' && hp.type === 'int' && hp.count === undefined && typeof hp.minval === 'number' && typeof hp.maxval === 'number' && hp.maxval - hp.minval + 1 > 1000) {
+      problems.push({ path: ['hyperparameters', name, 'count'], message: 'grid search over a range of more than 1000 integers needs count' });
     }
-    if (parseDurationMs(c.kill_grace_period) === undefined) {
-      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['kill_grace_period'], message: `cannot parse ${JSON.stringify(c.kill_grace_period)}: use a duration like 30s or 2m` });
-    }
-  });
+  }
+  if (searcher === 'random' && asRecord(raw.searcher)?.max_trials === undefined) {
+    problems.push({ path: ['searcher', 'max_trials'], message: 'required for the random searcher' });
+  }
+  const memory = asRecord(raw.resources)?.memory_limit;
+  if ((typeof memory === 'string' || typeof memory === 'number') && parseBytes(memory) === undefined) {
+    problems.push({ path: ['resources', 'memory_limit'], message: `cannot parse ${JSON.stringify(memory)}: use bytes or a size like 512Mi or 2G` });
+  }
+  const grace = raw.kill_grace_period;
+  if ((typeof grace === 'string' || typeof grace === 'number') && parseDurationMs(grace) === undefined) {
+    problems.push({ path: ['kill_grace_period'], message: `cannot parse ${JSON.stringify(grace)}: use a duration like 30s or 2m` });
+  }
+  return problems;
+}
 
 /** A validated experiment config with defaults filled in. */
 export interface ExperimentConfig {
@@ -115,7 +124,8 @@ export function parseExperimentConfig(yamlText: string): ExperimentConfig {
     throw invalid('must be a YAML mapping', ['(root): expected keys like name, image, hyperparameters, searcher']);
   }
   const result = schema.safeParse(raw);
-  if (!result.success) throw invalid('is invalid', formatIssues(result.error).flatMap((l) => l.split('\n')));
+  const problems = collectProblems(result.success ? undefined : result.error, crossCheck(raw as Record<string, unknown>));
+  if (!result.success || problems.length > 0) throw invalid('is invalid', problems);
   const c = result.data;
   return {
     name: c.name,
@@ -139,8 +149,5 @@ export function parseExperimentConfig(yamlText: string): ExperimentConfig {
 }
 
 function invalid(what: string, lines: string[]): DetError {
-  return new DetError(
-    'DET_ERR_EXPERIMENT_CONFIG_INVALID',
-    `experiment config ${what} (${lines.length} problem${lines.length === 1 ? '' : 's'}):\n` + lines.map((l) => `  - ${l}`).join('\n'),
-  );
+  return problemsError('DET_ERR_EXPERIMENT_CONFIG_INVALID', `experiment config ${what}`, lines);
 }

@@ -114,7 +114,7 @@ export function describeExit(exit: ExitInfo): string {
     case 'EXIT_NONZERO':
       return `container exited with code ${exit.exitCode}${exit.message && !exit.message.includes('exited with code') ? `: ${exit.message}` : ''}`;
     case 'PULL_FAILED':
-      return `image pull failed: ${exit.message}`;
+      return /pull/i.test(exit.message) ? exit.message : `image pull failed: ${exit.message}`;
     case 'START_FAILED':
       return `container failed to start: ${exit.message}`;
     case 'KILLED':

@@ -266,7 +266,7 @@ export function cannedCluster(): FakeCluster {
     pools: [mock.pool()],
     experiments: [
       {
-        experiment: mock.experiment({ id: 1, numTrials: 2, trialStates: { TRIAL_STATE_RUNNING: 1, TRIAL_STATE_QUEUED: 1 } }),
+        experiment: mock.experiment({ id: 1, numTrials: 2, trialStates: { RUNNING: 1, QUEUED: 1 } }),
         trials: [
           mock.trial({ id: 7, state: 'TRIAL_STATE_RUNNING', agentId: 'agent-gpu', allocationId: 'alloc-7', slotIds: [0, 1] }),
           mock.trial({ id: 8, state: 'TRIAL_STATE_QUEUED', hparamsJson: '{"lr":0.01}', message: 'waiting for 2 slots in pool default' }),

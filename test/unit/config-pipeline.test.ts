@@ -51,13 +51,17 @@ describe('config pipeline', () => {
   });
 
   describe('envLayer', () => {
-    const mapping = { DET_NUM: 'num', DET_BOOL: 'flag', DET_STR: 'str', DET_NESTED: 'a.b', DET_EMPTY: 'empty', DET_LIST: 'list', DET_NULL: 'nul' };
+    const mapping = {
+      DET_NUM: { key: 'num', type: 'number' as const }, DET_BOOL: { key: 'flag', type: 'boolean' as const }, DET_STR: 'str', DET_NESTED: 'a.b', DET_EMPTY: 'empty', DET_LIST: 'list', DET_NULL: 'nul',
+    };
     const cases: { name: string; env: NodeJS.ProcessEnv; want: ConfigLayer }[] = [
       { name: 'numbers', env: { DET_NUM: '8081' }, want: { num: 8081 } },
       { name: 'booleans', env: { DET_BOOL: 'false' }, want: { flag: false } },
       { name: 'strings', env: { DET_STR: 'hello world' }, want: { str: 'hello world' } },
       { name: 'dotted paths', env: { DET_NESTED: 'x' }, want: { a: { b: 'x' } } },
       { name: 'empty values are unset', env: { DET_EMPTY: '' }, want: {} },
+      { name: 'strings that look like numbers stay strings', env: { DET_STR: '0123' }, want: { str: '0123' } },
+      { name: 'a bad number stays a string for validation to name', env: { DET_NUM: 'abc' }, want: { num: 'abc' } },
       { name: 'YAML collections stay raw strings', env: { DET_LIST: '[1, 2]' }, want: { list: '[1, 2]' } },
       { name: 'null stays a raw string', env: { DET_NULL: 'null' }, want: { nul: 'null' } },
       { name: 'unmapped variables are ignored', env: { DET_OTHER: '1', HOME: '/root' }, want: {} },

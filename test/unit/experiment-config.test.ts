@@ -159,8 +159,8 @@ describe('experiment config', () => {
   it('requires count for double and log hyperparameters under grid search', () => {
     const yaml = MINIMAL + 'searcher: {name: grid}\nhyperparameters:\n  d: {type: double, minval: 0, maxval: 1}\n  l: {type: log, minval: -3, maxval: -1}\n  i: {type: int, minval: 1, maxval: 4}\n';
     assert.deepEqual(problems(invalid(yaml)).sort(), [
-      'hyperparameters.d.count: grid search needs count for int, double and log hyperparameters',
-      'hyperparameters.l.count: grid search needs count for int, double and log hyperparameters',
+      'hyperparameters.d.count: grid search needs count for double and log hyperparameters',
+      'hyperparameters.l.count: grid search needs count for double and log hyperparameters',
     ]);
   });
 
