@@ -64,6 +64,7 @@ export async function main(argv: string[]): Promise<number> {
   const controller = rootAbortController((sig) => log.info(`received ${sig}, shutting down (send again to force)`));
   try {
     log.info('config', redactSecrets({ ...opts }));
+    if (!opts.agentToken) log.warn('agent_token is not set (DET_AGENT_TOKEN): the master will reject this agent. Use the master\'s agent_token or <data_dir>/agent_token');
     const runtime = new DockerRuntime({ socketPath: opts.dockerSocket });
     await runtime.ping(controller.signal);
     const detection = await detectDevices({ slotType: opts.slotType, cpuSlots: opts.cpuSlots });

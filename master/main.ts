@@ -66,6 +66,7 @@ export async function main(argv: string[]): Promise<number> {
     // Tests and `npm start` wait for this exact line.
     process.stdout.write(`det-master listening on ${config.host}:${server.port} (${config.tls ? 'TLS' : 'plaintext'}, ${store.kind}, cluster ${cluster.clusterId})\n`);
     await new Promise<void>((resolve) => controller.signal.addEventListener('abort', () => resolve(), { once: true }));
+    cluster.disconnectAgents('the master is shutting down');
     await server.shutdown(2_000);
     await cluster.close();
     await store.close();

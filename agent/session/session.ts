@@ -107,7 +107,7 @@ export class AgentSession {
   private connectOnce(signal: AbortSignal, onRegistered: () => void): Promise<void> {
     this.setState('CONNECTING');
     const md = new grpc.Metadata();
-    md.set(AGENT_TOKEN_METADATA_KEY, this.opts.agentToken);
+    if (this.opts.agentToken) md.set(AGENT_TOKEN_METADATA_KEY, this.opts.agentToken);
     const call = this.client.Connect(md);
     let heartbeat: NodeJS.Timeout | undefined;
     let closed = false;

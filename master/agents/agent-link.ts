@@ -30,8 +30,9 @@ export function tokenMatches(expected: string, given: string | undefined): boole
 export function handleAgentConnect(call: ConnectCall, deps: { cluster: Cluster; agentToken: string; log: Logger }): void {
   const { cluster, log } = deps;
   const peer = call.getPeer();
-  const given = call.metadata.get(AGENT_TOKEN_METADATA_KEY)[0];
-  if (!tokenMatches(deps.agentToken, typeof given === 'string' ? given : given?.toString())) {
+  const raw = call.metadata.get(AGENT_TOKEN_METADATA_KEY)[0];
+  const given = raw === undefined || raw.length === 0 ? undefined : raw.toString();
+  if (!tokenMatches(deps.agentToken, given)) {
     log.warn('rejected agent connection: ' + (given === undefined ? 'no cluster join token' : 'wrong cluster join token'), { peer });
     call.emit('error', toServiceError(new DetError('DET_ERR_UNAUTHENTICATED', 'agent rejected: missing or wrong cluster join token (agent_token)')));
     return;

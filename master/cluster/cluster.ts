@@ -118,6 +118,11 @@ export class Cluster {
     return next;
   }
 
+  /** Ends every agent stream (agents reconnect to the next master); used on shutdown. */
+  disconnectAgents(reason: string): void {
+    for (const a of this.agents.all()) a.channel?.close(reason);
+  }
+
   /** Stops timers; pending mutations finish first. */
   async close(): Promise<void> {
     await this.chain;
