@@ -488,7 +488,7 @@ describe('DockerRuntime (real dockerd)', function () {
       const second = runtime.run(s, ctx, recB.sink);
       await waitFor(() => recB.has('RUNNING'), { what: 'the run to adopt the container' });
       assert.deepEqual(await containersOf(s.allocationId).then((l) => l.map((x) => x.Id)), [c.Id]);
-      const ex = await docker.getContainer(c.Id).exec({ Cmd: ['touch', '/tmp/stop'] });
+      const ex = await docker.getContainer(c.Id).exec({ Cmd: ['sh', '-c', ': > /tmp/stop'] });
       await ex.start({ Detach: true });
       const exit = await second;
       assert.deepEqual(exit, { exitCode: 6, failureKind: 'EXIT_NONZERO', message: 'exited with code 6' });
