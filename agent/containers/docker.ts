@@ -374,8 +374,8 @@ export class DockerRuntime implements ContainerRuntime {
     }
   }
 
-  /** An unexpected Docker failure during a run: AGENT_ERROR, or `kind` for Docker's own refusals. */
-  private failure(kind: 'START_FAILED' | 'PULL_FAILED', what: string, err: unknown): RunEnd {
+  /** A Docker failure during a run: AGENT_ERROR when the socket failed, else `kind` with Docker's message. */
+  private failure(kind: 'START_FAILED' | 'AGENT_ERROR', what: string, err: unknown): RunEnd {
     if (isConnectionError(err)) {
       return new RunEnd({ exitCode: -1, failureKind: 'AGENT_ERROR', message: `${what}: ${this.unreachable(this.describeSocketError(err)).message}` });
     }
@@ -390,6 +390,8 @@ export class DockerRuntime implements ContainerRuntime {
     signal?: AbortSignal,
   ): Promise<ExitInfo> {
     let containerId = '';
+    // A container adopted while it ran is never removed on failure: kill() stops it gracefully.
+    let adoptedRunning = false;
     let phase = 'pulling';
     const stopSignal = signal ? AbortSignal.any([signal, entry.killed.signal]) : entry.killed.signal;
     // Ends the run early when kill() or the caller's signal intervened.
@@ -410,7 +412,10 @@ export class DockerRuntime implements ContainerRuntime {
       } else {
         // Optimistic: create first and pull only if Docker lacks the image (saves a round trip).
         created = await this.createOrAdopt(body, spec.allocationId, { missingImageOk: true });
-        if (created === 'missing-image') {
+        if (created !== 'missing-image') {
+          containerId = created.id;
+          adoptedRunning = created.adopted?.State.Running ?? false;
+        } else {
           checkStop('pulling');
           await this.pull(spec.image, sink, stopSignal);
           created = undefined;
@@ -425,6 +430,7 @@ export class DockerRuntime implements ContainerRuntime {
       }
       containerId = created.id;
       adopted = created.adopted;
+      adoptedRunning = adopted?.State.Running ?? false;
       const container = this.docker.getContainer(containerId);
 
       if (adopted && !adopted.State.Running && adopted.State.Status !== 'created') {
@@ -434,10 +440,7 @@ export class DockerRuntime implements ContainerRuntime {
         await this.remove(containerId);
         return exit;
       }
-      if (entry.kill && !adopted?.State.Running) {
-        await this.remove(containerId);
-        checkStop('starting');
-      }
+      if (!adoptedRunning) checkStop('starting');
 
       // Attach before start, so that no output of a short-lived process is missed.
       const stream = (await container.attach({ stream: true, stdout: true, stderr: true })) as unknown as Readable;
@@ -445,7 +448,7 @@ export class DockerRuntime implements ContainerRuntime {
       const onAbort = () => stream.destroy();
       signal?.addEventListener('abort', onAbort, { once: true });
       try {
-        if (!adopted?.State.Running) {
+        if (!adoptedRunning) {
           try {
             await container.start();
           } catch (err) {
@@ -453,7 +456,6 @@ export class DockerRuntime implements ContainerRuntime {
             if (statusOf(err) !== 304) {
               stream.destroy();
               await pump;
-              await this.remove(containerId);
               throw this.failure('START_FAILED', `starting container ${containerName(spec.allocationId)} failed`, err);
             }
           }
@@ -470,7 +472,7 @@ export class DockerRuntime implements ContainerRuntime {
           signal?.throwIfAborted();
           stream.destroy();
           await pump;
-          throw this.failure('START_FAILED', `waiting for container ${containerName(spec.allocationId)} failed`, err);
+          throw this.failure('AGENT_ERROR', `waiting for container ${containerName(spec.allocationId)} failed`, err);
         }
         await this.drainOutput(stream, pump);
         signal?.throwIfAborted();
@@ -493,7 +495,7 @@ export class DockerRuntime implements ContainerRuntime {
       else if (entry.kill) exit = { exitCode: -1, failureKind: 'KILLED', message: `killed (${entry.kill.signal}) while ${phase}` };
       else exit = { exitCode: -1, failureKind: 'AGENT_ERROR', message: `running ${spec.image} failed: ${errorMessage(err)}` };
       sink.state('TERMINATED', containerId, exit);
-      if (containerId) await this.remove(containerId);
+      if (containerId && !adoptedRunning) await this.remove(containerId);
       return exit;
     }
   }
@@ -633,7 +635,8 @@ export class DockerRuntime implements ContainerRuntime {
     try {
       arm();
       const stream = (await this.docker.pull(image, { abortSignal: ctl.signal })) as Readable;
-      ctl.signal.addEventListener('abort', () => stream.destroy(), { once: true });
+      if (ctl.signal.aborted) stream.destroy();
+      else ctl.signal.addEventListener('abort', () => stream.destroy(), { once: true });
       let buf = '';
       for await (const chunk of stream) {
         arm();
