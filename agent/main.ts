@@ -1,56 +1,33 @@
 // det-agent: config, Docker check, device detection, then the session with
 // the master until SIGINT/SIGTERM (or a fatal rejection).
-import { Command, InvalidArgumentError } from 'commander';
 import { rootAbortController } from '../common/abort';
-import { DetError, errorMessage } from '../common/errors';
+import { exitCodeFor, runDaemon } from '../common/daemon';
+import { parseDaemonFlags, type FlagSpec } from '../common/config/flags';
 import { createLogger, redactSecrets } from '../common/log';
-import { VERSION } from '../common/types';
-import type { ConfigLayer } from '../common/config/pipeline';
 import { DockerRuntime } from './containers/docker';
 import { ContainerManager } from './containers/manager';
 import { detectDevices } from './detect/devices';
-import { loadAgentOptions, type AgentOptions } from './options';
+import { DEFAULT_AGENT_CONFIG_FILE, loadAgentOptions, type AgentOptions } from './options';
 import { Outbox } from './session/outbox';
 import { AgentSession } from './session/session';
 
-function parseFlags(argv: string[]): { configFile?: string; layer: ConfigLayer } {
-  const int = (v: string) => {
-    const n = Number(v);
-    if (!Number.isInteger(n)) throw new InvalidArgumentError('must be an integer');
-    return n;
-  };
-  const program = new Command('det-agent')
-    .description('Determined-style agent: registers with the master and runs task containers on Docker')
-    .version(VERSION, '-v, --version')
-    .option('--config-file <path>', 'YAML config file (default /etc/determined/agent.yaml if present)')
-    .option('--master-host <host>', 'master address (default 127.0.0.1)')
-    .option('--master-port <port>', 'master gRPC port (default 8080)', int)
-    .option('--agent-id <id>', 'unique agent id (default: hostname)')
-    .option('--resource-pool <pool>', 'resource pool to join (default "default")')
-    .option('--docker-socket <path>', 'Docker socket (default /var/run/docker.sock or DOCKER_HOST)')
-    .option('--slot-type <type>', 'auto | gpu | cpu')
-    .option('--cpu-slots <n>', 'artificial CPU slots when there are no GPUs (default: CPU cores)', int)
-    .option('--container-network-mode <mode>', 'Docker network mode of task containers (default host)')
-    .option('--tls-ca-cert <file>', 'CA certificate (PEM) to trust for a TLS master; enables TLS')
-    .option('--tls-server-name <name>', 'expected server name in the master certificate')
-    .option('--log-level <level>', 'debug | info | warn | error')
-    .exitOverride();
-  program.parse(argv, { from: 'user' });
-  const o = program.opts();
-  const layer: ConfigLayer = {};
-  const set = (key: string, v: unknown) => v !== undefined && (layer[key] = v);
-  set('master_host', o.masterHost);
-  set('master_port', o.masterPort);
-  set('agent_id', o.agentId);
-  set('resource_pool', o.resourcePool);
-  set('docker_socket', o.dockerSocket);
-  set('slot_type', o.slotType);
-  set('cpu_slots', o.cpuSlots);
-  set('container_network_mode', o.containerNetworkMode);
-  set('log_level', o.logLevel);
-  if (o.tlsCaCert !== undefined || o.tlsServerName !== undefined) layer.tls = { ...(o.tlsCaCert ? { ca_cert: o.tlsCaCert } : {}), ...(o.tlsServerName ? { server_name: o.tlsServerName } : {}) };
-  return { configFile: o.configFile, layer };
-}
+/** det-agent's flags; each sets one config key. */
+const FLAGS: FlagSpec[] = [
+  { flags: '--master-host <host>', key: 'master_host', description: 'master address (default 127.0.0.1)' },
+  { flags: '--master-port <port>', key: 'master_port', description: 'master gRPC port (default 8080)', integer: true },
+  { flags: '--agent-id <id>', key: 'agent_id', description: 'unique agent id (default: hostname)' },
+  { flags: '--resource-pool <pool>', key: 'resource_pool', description: 'resource pool to join (default "default")' },
+  { flags: '--docker-socket <path>', key: 'docker_socket', description: 'Docker socket (default /var/run/docker.sock or DOCKER_HOST)' },
+  { flags: '--slot-type <type>', key: 'slot_type', description: 'auto | gpu | cpu' },
+  { flags: '--cpu-slots <n>', key: 'cpu_slots', description: 'artificial CPU slots when there are no GPUs (default: CPU cores)', integer: true },
+  { flags: '--container-network-mode <mode>', key: 'container_network_mode', description: 'Docker network mode of task containers (default host)' },
+  { flags: '--tls-ca-cert <file>', key: 'tls.ca_cert', description: 'CA certificate (PEM) to trust for a TLS master; enables TLS' },
+  { flags: '--tls-server-name <name>', key: 'tls.server_name', description: 'expected server name in the master certificate' },
+  { flags: '--log-level <level>', key: 'log_level', description: 'debug | info | warn | error' },
+];
+
+const parseFlags = (argv: string[]) =>
+  parseDaemonFlags('det-agent', 'Determined-style agent: registers with the master and runs task containers on Docker', DEFAULT_AGENT_CONFIG_FILE, FLAGS, argv);
 
 /** Runs det-agent until stopped; resolves with the exit code. */
 export async function main(argv: string[]): Promise<number> {
@@ -98,21 +75,10 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 function fail(err: unknown): number {
-  const code = (err as { code?: string }).code ?? '';
-  if (code === 'commander.helpDisplayed' || code === 'commander.version') return 0;
-  if (typeof code === 'string' && code.startsWith('commander.')) return 2;
-  if (err instanceof DetError) {
-    process.stderr.write(`det-agent: ${err.message}\n`);
-    return 1;
-  }
-  process.stderr.write(`det-agent: unexpected error: ${errorMessage(err)}\n${(err as Error)?.stack ?? ''}\n`);
-  return 1;
+  return exitCodeFor('det-agent', err);
 }
 
 /** Entry point for bin/det-agent.js. */
 export function run(argv: string[]): void {
-  main(argv).then((code) => process.exit(code), (err) => {
-    process.stderr.write(`det-agent: ${errorMessage(err)}\n`);
-    process.exit(1);
-  });
+  runDaemon('det-agent', () => main(argv));
 }

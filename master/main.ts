@@ -1,49 +1,29 @@
 // det-master: parse config, open the store, recover, serve, shut down cleanly.
-import { Command, InvalidArgumentError } from 'commander';
 import { rootAbortController } from '../common/abort';
-import { DetError, errorMessage } from '../common/errors';
+import { exitCodeFor, runDaemon } from '../common/daemon';
+import { parseDaemonFlags, type FlagSpec } from '../common/config/flags';
 import { createLogger, redactSecrets } from '../common/log';
-import { VERSION } from '../common/types';
-import type { ConfigLayer } from '../common/config/pipeline';
 import { Cluster } from './cluster/cluster';
-import { loadMasterConfig, type MasterConfig } from './config';
+import { DEFAULT_CONFIG_FILE, loadMasterConfig, type MasterConfig } from './config';
 import { ensureDataDir, resolveAgentToken } from './data-dir';
 import { startServer } from './server';
 import { openStore } from './store';
 import { isPostgresUrl } from './store/index';
 
-function parseFlags(argv: string[]): { configFile?: string; layer: ConfigLayer } {
-  const int = (v: string) => {
-    const n = Number(v);
-    if (!Number.isInteger(n)) throw new InvalidArgumentError('must be an integer');
-    return n;
-  };
-  const program = new Command('det-master')
-    .description('Determined-style master: schedules experiments onto agents and serves the det CLI')
-    .version(VERSION, '-v, --version')
-    .option('--config-file <path>', 'YAML config file (default /etc/determined/master.yaml if present)')
-    .option('--host <address>', 'address to listen on (default 127.0.0.1)')
-    .option('--port <port>', 'gRPC port for agents and the CLI (default 8080)', int)
-    .option('--data-dir <dir>', 'data directory (default ./.det)')
-    .option('--db <sqlite-path|postgres-url>', 'database: a SQLite file (default <data-dir>/determined.db) or postgres://user:pass@host/db')
-    .option('--cluster-name <name>', 'cluster name')
-    .option('--tls-cert <file>', 'TLS certificate (PEM) for the gRPC port')
-    .option('--tls-key <file>', 'TLS private key (PEM)')
-    .option('--log-level <level>', 'debug | info | warn | error')
-    .exitOverride();
-  program.parse(argv, { from: 'user' });
-  const o = program.opts();
-  const layer: ConfigLayer = {};
-  const set = (key: string, v: unknown) => v !== undefined && (layer[key] = v);
-  set('host', o.host);
-  set('port', o.port);
-  set('data_dir', o.dataDir);
-  set('db', o.db);
-  set('cluster_name', o.clusterName);
-  set('log_level', o.logLevel);
-  if (o.tlsCert !== undefined || o.tlsKey !== undefined) layer.tls = { ...(o.tlsCert ? { cert: o.tlsCert } : {}), ...(o.tlsKey ? { key: o.tlsKey } : {}) };
-  return { configFile: o.configFile, layer };
-}
+/** det-master's flags; each sets one config key. */
+const FLAGS: FlagSpec[] = [
+  { flags: '--host <address>', key: 'host', description: 'address to listen on (default 127.0.0.1)' },
+  { flags: '--port <port>', key: 'port', description: 'gRPC port for agents and the CLI (default 8080)', integer: true },
+  { flags: '--data-dir <dir>', key: 'data_dir', description: 'data directory (default ./.det)' },
+  { flags: '--db <sqlite-path|postgres-url>', key: 'db', description: 'a SQLite file (default <data-dir>/determined.db) or postgres://user:pass@host/db' },
+  { flags: '--cluster-name <name>', key: 'cluster_name', description: 'cluster name' },
+  { flags: '--tls-cert <file>', key: 'tls.cert', description: 'TLS certificate (PEM) for the gRPC port' },
+  { flags: '--tls-key <file>', key: 'tls.key', description: 'TLS private key (PEM)' },
+  { flags: '--log-level <level>', key: 'log_level', description: 'debug | info | warn | error' },
+];
+
+const parseFlags = (argv: string[]) =>
+  parseDaemonFlags('det-master', 'Determined-style master: schedules experiments onto agents and serves the det CLI', DEFAULT_CONFIG_FILE, FLAGS, argv);
 
 /** Runs det-master until SIGINT/SIGTERM. Resolves with the exit code. */
 export async function main(argv: string[]): Promise<number> {
@@ -59,7 +39,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     if (!isPostgresUrl(config.db) || config.agentToken === undefined) ensureDataDir(config.dataDir);
     const { token, source } = resolveAgentToken(config.agentToken, config.dataDir);
-    log.info('config', { ...redactSecrets({ ...config }), agent_token_source: source });
+    log.info('config', { ...redactSecrets({ ...config }), join_secret_source: source });
     const store = await openStore(config.db);
     const cluster = await Cluster.open(store, config, log.child('cluster'));
     const server = await startServer(cluster, { host: config.host, port: config.port, tls: config.tls, agentToken: token, facts: { clusterName: config.clusterName, startedAtMs, tls: !!config.tls } }, log.child('grpc'));
@@ -78,21 +58,10 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 function fail(err: unknown): number {
-  if (err instanceof DetError || (err as { code?: string }).code?.startsWith?.('commander.')) {
-    const code = (err as { code?: string }).code ?? '';
-    if (code === 'commander.helpDisplayed' || code === 'commander.version') return 0;
-    if (code.startsWith('commander.')) return 2;
-    process.stderr.write(`det-master: ${(err as Error).message}\n`);
-    return 1;
-  }
-  process.stderr.write(`det-master: unexpected error: ${errorMessage(err)}\n${(err as Error)?.stack ?? ''}\n`);
-  return 1;
+  return exitCodeFor('det-master', err);
 }
 
 /** Entry point for bin/det-master.js. */
 export function run(argv: string[]): void {
-  main(argv).then((code) => process.exit(code), (err) => {
-    process.stderr.write(`det-master: ${errorMessage(err)}\n`);
-    process.exit(1);
-  });
+  runDaemon('det-master', () => main(argv));
 }

@@ -333,6 +333,10 @@ export class DockerRuntime implements ContainerRuntime {
     await this.signalContainer(containerName(allocationId), sig, gracePeriodMs, entry?.kill);
   }
 
+  async discard(allocationId: string): Promise<void> {
+    await this.remove(containerName(allocationId));
+  }
+
   async listManaged(agentId: string): Promise<ManagedContainer[]> {
     const list = await this.docker.listContainers({
       all: true,

@@ -125,12 +125,12 @@ export class ContainerManager {
     for (const [id, t] of this.tracked) if (t.state === 'TERMINATED' && t.reported) this.tracked.delete(id);
   }
 
-  /** Kills leftovers of an earlier run of this agent (found by labels). */
+  /** Removes task containers left over from an earlier run of this agent (found by labels), running or exited. */
   async removeLeftovers(agentId: string): Promise<void> {
     for (const c of await this.runtime.listManaged(agentId)) {
       if (this.tracked.has(c.allocationId)) continue;
-      this.log.warn('killing task container left over from an earlier agent run', { allocation: c.allocationId, container: c.containerId.slice(0, 12) });
-      await this.runtime.kill(c.allocationId, 'SIGKILL', 0).catch(() => undefined);
+      this.log.warn('removing task container left over from an earlier agent run', { allocation: c.allocationId, container: c.containerId.slice(0, 12), running: c.running });
+      await this.runtime.discard(c.allocationId).catch((err) => this.log.warn('could not remove leftover container', { allocation: c.allocationId, err: errorMessage(err) }));
     }
   }
 

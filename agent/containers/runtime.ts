@@ -60,6 +60,8 @@ export interface ContainerRuntime {
   run(spec: TaskSpec, ctx: RunContext, sink: ContainerSink, signal?: AbortSignal): Promise<ExitInfo>;
   /** Sends `signal` (default SIGTERM), then SIGKILL after the grace period; harmless if already gone. */
   kill(allocationId: string, signal: string, gracePeriodMs: number): Promise<void>;
+  /** Force-removes an allocation's container (killing it if it runs); harmless if gone. */
+  discard(allocationId: string): Promise<void>;
   /** Task containers of this agent, running or not. */
   listManaged(agentId: string): Promise<ManagedContainer[]>;
 }

@@ -107,6 +107,14 @@ export class FakeRuntime implements ContainerRuntime {
     this.onKill?.(call, this.latest(allocationId));
   }
 
+  /** Allocation ids discard() was called with. */
+  readonly discards: string[] = [];
+
+  async discard(allocationId: string): Promise<void> {
+    this.discards.push(allocationId);
+    this.managed = this.managed.filter((c) => c.allocationId !== allocationId);
+  }
+
   async listManaged(agentId: string): Promise<ManagedContainer[]> {
     this.listManagedCalls.push(agentId);
     return this.managed.map((c) => ({ ...c }));
