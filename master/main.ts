@@ -39,7 +39,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     if (!isPostgresUrl(config.db) || config.agentToken === undefined) ensureDataDir(config.dataDir);
     const { token, source } = resolveAgentToken(config.agentToken, config.dataDir);
-    log.info('config', { ...redactSecrets({ ...config }), join_secret_source: source });
+    log.info('config', { ...redactSecrets({ ...config }), agent_join_key_from: source });
     const store = await openStore(config.db);
     const cluster = await Cluster.open(store, config, log.child('cluster'));
     const server = await startServer(cluster, { host: config.host, port: config.port, tls: config.tls, agentToken: token, facts: { clusterName: config.clusterName, startedAtMs, tls: !!config.tls } }, log.child('grpc'));
