@@ -15,8 +15,10 @@ interface Tracked {
   exit: ExitInfo | undefined;
   /** Last log sequence handed out. */
   seq: number;
-  /** Set once the TERMINATED message reached a stream; then the record can go. */
-  reported: boolean;
+  /** Last log sequence handed to a stream (what Register reports). */
+  sentSeq: number;
+  /** When TERMINATED was handed to a stream. */
+  reportedAtMs: number;
   done: Promise<void>;
 }
 
@@ -52,7 +54,7 @@ export class ContainerManager {
 
   /** What to report in Register. */
   reports(): ContainerReport[] {
-    return [...this.tracked.entries()].map(([allocationId, t]) => ({ allocationId, containerId: t.containerId, state: t.state, lastLogSequence: t.seq, exit: t.exit }));
+    return [...this.tracked.entries()].map(([allocationId, t]) => ({ allocationId, containerId: t.containerId, state: t.state, lastLogSequence: t.sentSeq, exit: t.exit }));
   }
 
   /** Starts an allocation; a repeated start of a known allocation is ignored. */
@@ -61,7 +63,7 @@ export class ContainerManager {
       this.log.warn('start for an allocation already known; ignored', { allocation: spec.allocationId });
       return;
     }
-    const t: Tracked = { spec, state: 'PULLING', containerId: '', exit: undefined, seq: 0, reported: false, done: Promise.resolve() };
+    const t: Tracked = { spec, state: 'PULLING', containerId: '', exit: undefined, seq: 0, sentSeq: 0, reportedAtMs: 0, done: Promise.resolve() };
     this.tracked.set(spec.allocationId, t);
     this.log.info('starting task container', { allocation: spec.allocationId, image: spec.image, devices: spec.deviceIds });
     t.done = this.execute(spec.allocationId, t);
@@ -75,11 +77,14 @@ export class ContainerManager {
         if (containerId) t.containerId = containerId;
         if (exit) t.exit = exit;
         const delivered = this.outbox.send({ kind: 'containerState', allocationId, containerId: t.containerId, state, exit });
-        if (state === 'TERMINATED') void delivered.then(() => (t.reported = true));
+        if (state === 'TERMINATED') void delivered.then(() => (t.reportedAtMs = Date.now()));
       },
       logs: (lines: RuntimeLogLine[]) => {
         const numbered: LogLine[] = lines.map((l) => ({ ...l, sequence: ++t.seq }));
-        return this.outbox.send({ kind: 'logs', allocationId, lines: numbered });
+        const last = t.seq;
+        return this.outbox.send({ kind: 'logs', allocationId, lines: numbered }).then(() => {
+          t.sentSeq = Math.max(t.sentSeq, last);
+        });
       },
       pullProgress: (p: { image: string; status: string; currentBytes: number; totalBytes: number }) => {
         const now = Date.now();
@@ -120,9 +125,13 @@ export class ContainerManager {
     }
   }
 
-  /** Drops records of terminated allocations whose outcome reached the master. */
-  forgetReported(): void {
-    for (const [id, t] of this.tracked) if (t.state === 'TERMINATED' && t.reported) this.tracked.delete(id);
+  /**
+   * Drops terminated allocations whose outcome went out before `beforeMs`. Handing a message
+   * to a stream does not prove the master read it, so outcomes are kept (and reported in
+   * Register) until the master stops expecting them (reconcile) or for a long while.
+   */
+  pruneReported(beforeMs: number): void {
+    for (const [id, t] of this.tracked) if (t.state === 'TERMINATED' && t.reportedAtMs > 0 && t.reportedAtMs < beforeMs) this.tracked.delete(id);
   }
 
   /** Removes task containers left over from an earlier run of this agent (found by labels), running or exited. */

@@ -18,6 +18,9 @@ import type { AgentOptions } from '../options';
 import type { Outbox } from './outbox';
 import * as os from 'node:os';
 
+/** How long an outcome already sent is still reported on re-registration (in case the master missed it). */
+const REPORTED_OUTCOME_RETENTION_MS = 10 * 60_000;
+
 /** The session's lifecycle. */
 export type SessionState = 'DISCONNECTED' | 'CONNECTING' | 'REGISTERED' | 'STOPPED';
 
@@ -148,7 +151,10 @@ export class AgentSession {
             this.manager.setClusterId(info.clusterId);
             this.manager.reconcile(info.expectedAllocationIds);
             if (heartbeat) clearInterval(heartbeat);
-            heartbeat = setInterval(() => this.outbox.sendIfConnected({ kind: 'heartbeat', sentAtMs: Date.now() }), info.heartbeatIntervalMs);
+            heartbeat = setInterval(() => {
+              this.outbox.sendIfConnected({ kind: 'heartbeat', sentAtMs: Date.now() });
+              this.manager.pruneReported(Date.now() - REPORTED_OUTCOME_RETENTION_MS);
+            }, info.heartbeatIntervalMs);
             this.outbox.attach({
               write: (m) => (closed ? true : call.write(agentMessageToProto(m))),
               drained: () => new Promise<void>((r) => (closed ? r() : (call.once('drain', r), closeWaiters.push(r)))),
@@ -172,7 +178,6 @@ export class AgentSession {
       call.on('error', (err) => finish(err));
       call.on('end', () => finish(Object.assign(new Error('the master closed the stream'), { code: grpc.status.UNAVAILABLE, details: 'the master closed the stream' })));
 
-      this.manager.forgetReported();
       call.write(
         agentMessageToProto({
           kind: 'register',

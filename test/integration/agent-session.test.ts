@@ -11,7 +11,7 @@ import { Outbox, type OutboxStream } from '../../agent/session/outbox';
 import { AgentSession } from '../../agent/session/session';
 import { DetError } from '../../common/errors';
 import type { LogFields, Logger } from '../../common/log';
-import { AGENT_TOKEN_METADATA_KEY, VERSION, type AgentToMaster, type Device, type ExitInfo, type TaskSpec } from '../../common/types';
+import { AGENT_TOKEN_METADATA_KEY, VERSION, type AgentToMaster, type Device, type TaskSpec } from '../../common/types';
 import { waitFor } from '../support/env';
 import { detStatus, FakeAgentService, type FakeAgentServiceOptions, type RecordedConnect } from '../support/fake-agent-service';
 import { FakeRuntime, type FakeRun } from '../support/fake-runtime';
@@ -77,8 +77,6 @@ function spec(allocationId: string, o: Partial<TaskSpec> = {}): TaskSpec {
     ...o,
   };
 }
-
-const EXIT_OK: ExitInfo = { exitCode: 0, failureKind: 'NONE', message: '' };
 
 /** One agent (session + manager + outbox + fake runtime) under test. */
 interface AgentUnderTest {
