@@ -101,12 +101,13 @@ export function handleAgentConnect(call: ConnectCall, deps: { cluster: Cluster; 
       const id = msg.register.agentId;
       early = [];
       cluster.registerAgent(msg.register, channel).then(
-        (info) => {
+        ({ registered, commands }) => {
           if (ended) return void cluster.agentDisconnected(id, channel, 'stream closed during registration');
           agentId = id;
-          ttlMs = info.heartbeatTtlMs;
+          ttlMs = registered.heartbeatTtlMs;
           armTtl();
-          channel.send({ kind: 'registered', registered: info });
+          channel.send({ kind: 'registered', registered });
+          for (const c of commands) channel.send(c);
           const queued = early ?? [];
           early = undefined;
           for (const m of queued) forward(id, m);

@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { DetError } from '../../common/errors';
 import type { Logger } from '../../common/log';
-import type { AgentToMaster, ExitInfo, RegisteredInfo, Registration } from '../../common/types';
+import type { AgentToMaster, ExitInfo, MasterToAgent, RegisteredInfo, Registration } from '../../common/types';
 import { heartbeatTiming } from '../agents/heartbeat';
 import { parseExperimentConfig, type ExperimentConfig } from '../experiment/config';
 import { generateTrials } from '../experiment/searcher';
@@ -49,6 +49,8 @@ interface LiveAllocation {
   containerId: string;
   /** Highest agent-side log sequence stored, to drop resent lines. */
   lastAgentLogSeq: number;
+  /** False for allocations recovered after a master restart, until their agent reports. */
+  logSeqKnown: boolean;
 }
 
 /** The master's brain. Create with Cluster.open(). */
@@ -178,8 +180,11 @@ export class Cluster {
 
   // ---- agents ------------------------------------------------------------
 
-  /** Accepts a registration; returns what the agent must know, or throws a DetError to reject it. */
-  registerAgent(reg: Registration, channel: AgentChannel): Promise<RegisteredInfo> {
+  /**
+   * Accepts a registration: returns the Registered answer and the commands to send after it
+   * (kills of reattached allocations whose trial was killed meanwhile), or throws a DetError.
+   */
+  registerAgent(reg: Registration, channel: AgentChannel): Promise<{ registered: RegisteredInfo; commands: MasterToAgent[] }> {
     return this.serial(async () => {
       if (!this.poolNames.includes(reg.resourcePool)) {
         throw new DetError('DET_ERR_RESOURCE_POOL_UNKNOWN', `resource pool '${reg.resourcePool}' does not exist on this master (pools: ${this.poolNames.join(', ')})`);
@@ -194,6 +199,7 @@ export class Cluster {
       // Reconcile: keep what we expect and the agent still has; the rest is lost or must die.
       const reported = new Map(reg.containers.map((c) => [c.allocationId, c]));
       const expected: string[] = [];
+      const commands: MasterToAgent[] = [];
       for (const alloc of [...this.allocations.values()].filter((a) => a.agentId === entry.id)) {
         const report = reported.get(alloc.id);
         const trial = this.trials.get(alloc.trialId)!;
@@ -202,17 +208,22 @@ export class Cluster {
           continue;
         }
         expected.push(alloc.id);
+        if (report.containerId) alloc.containerId = report.containerId;
+        // After a master restart the stored lines' agent sequences are unknown: the agent never
+        // resends what it sent, so everything up to its last sent line counts as delivered.
+        if (!alloc.logSeqKnown) alloc.lastAgentLogSeq = Math.max(alloc.lastAgentLogSeq, report.lastLogSequence);
+        alloc.logSeqKnown = true;
         if (report.state === 'TERMINATED') {
           await this.apply(trial, { type: 'exited', exit: report.exit ?? { exitCode: -1, failureKind: 'AGENT_ERROR', message: 'agent reported no exit status' } });
         } else {
           await this.apply(trial, { type: 'progress', state: report.state });
-          if (trial.killRequested) channel.send({ kind: 'kill', allocationId: alloc.id, signal: 'SIGTERM', gracePeriodMs: trial.exp.config.killGracePeriodMs });
+          if (trial.killRequested) commands.push({ kind: 'kill', allocationId: alloc.id, signal: 'SIGTERM', gracePeriodMs: trial.exp.config.killGracePeriodMs });
         }
       }
       const timing = heartbeatTiming(this.agents.connectedCount());
       this.log.info('agent registered', { agent: entry.id, pool: entry.pool, slots: entry.devices.length, address: channel.address, reattached: expected.length });
       this.requestSchedule();
-      return { masterId: this.masterId, clusterId: this.clusterId, heartbeatTtlMs: timing.ttlMs, heartbeatIntervalMs: timing.intervalMs, expectedAllocationIds: expected };
+      return { registered: { masterId: this.masterId, clusterId: this.clusterId, heartbeatTtlMs: timing.ttlMs, heartbeatIntervalMs: timing.intervalMs, expectedAllocationIds: expected }, commands };
     });
   }
 
@@ -394,7 +405,7 @@ export class Cluster {
     trial.attempts++;
     const now = Date.now();
     await this.store.putAllocation({ id: allocationId, trialId, taskId: trial.rec.taskId, agentId, slotIds, state: 'ASSIGNED', containerId: '', createdAtMs: now, endedAtMs: null, exitCode: null, failureKind: null, message: '' });
-    this.allocations.set(allocationId, { id: allocationId, trialId, agentId, slotIds, containerId: '', lastAgentLogSeq: 0 });
+    this.allocations.set(allocationId, { id: allocationId, trialId, agentId, slotIds, containerId: '', lastAgentLogSeq: 0, logSeqKnown: true });
     for (const s of slotIds) agent.usedSlots.set(s, allocationId);
     Object.assign(trial.rec, { allocationId, agentId, slotIds });
     await this.store.updateTrial(trialId, { allocationId, agentId, slotIds });
@@ -434,7 +445,8 @@ export class Cluster {
       const trial: LiveTrial = { rec, exp, killRequested: exp.rec.killRequested, attempts };
       this.trials.set(rec.id, trial);
       if (holdsAllocation(rec.state) && rec.allocationId && rec.agentId) {
-        this.allocations.set(rec.allocationId, { id: rec.allocationId, trialId: rec.id, agentId: rec.agentId, slotIds: rec.slotIds, containerId: '', lastAgentLogSeq: 0 });
+        const stored = await this.store.getAllocation(rec.allocationId);
+        this.allocations.set(rec.allocationId, { id: rec.allocationId, trialId: rec.id, agentId: rec.agentId, slotIds: rec.slotIds, containerId: stored?.containerId ?? '', lastAgentLogSeq: 0, logSeqKnown: false });
         const agent = this.agents.get(rec.agentId);
         if (agent) for (const s of rec.slotIds) agent.usedSlots.set(s, rec.allocationId);
       } else if (rec.state === 'QUEUED') {
