@@ -30,6 +30,10 @@ const schema = z
     cpu_slots: z.number().int().min(0).max(1024).optional(),
     /** Docker network mode of task containers. */
     container_network_mode: z.string().min(1).default('host'),
+    /** Cloud instance id (set from IMDS by --config-source ec2, or by the local provider). */
+    instance_id: z.string().default(''),
+    /** Cloud instance type. */
+    instance_type: z.string().default(''),
     /** Labels reported to the master. */
     labels: z.record(z.string(), z.string()).default({}),
     /** Log level. */
@@ -50,6 +54,8 @@ export interface AgentOptions {
   cpuSlots: number;
   containerNetworkMode: string;
   labels: Record<string, string>;
+  instanceId: string;
+  instanceType: string;
   logLevel: 'debug' | 'info' | 'warn' | 'error';
 }
 
@@ -66,6 +72,8 @@ export const AGENT_ENV: EnvMapping = {
   DET_SLOT_TYPE: 'slot_type',
   DET_CPU_SLOTS: { key: 'cpu_slots', type: 'number' },
   DET_CONTAINER_NETWORK_MODE: 'container_network_mode',
+  DET_INSTANCE_ID: 'instance_id',
+  DET_INSTANCE_TYPE: 'instance_type',
   DET_LOG_LEVEL: 'log_level',
 };
 
@@ -93,6 +101,8 @@ export function loadAgentOptions(flags: { configFile?: string; layer: ConfigLaye
     cpuSlots: c.cpu_slots ?? os.availableParallelism(),
     containerNetworkMode: c.container_network_mode,
     labels: c.labels,
+    instanceId: c.instance_id,
+    instanceType: c.instance_type,
     logLevel: c.log_level,
   });
 }

@@ -76,6 +76,10 @@ export interface Registration {
   labels: Record<string, string>;
   containers: ContainerReport[];
   hostname: string;
+  /** Cloud instance id (EC2) or local provider instance name; '' for static agents. */
+  instanceId: string;
+  /** Cloud instance type; '' for static agents. */
+  instanceType: string;
 }
 
 /** Messages an agent sends to the master. */
@@ -84,7 +88,8 @@ export type AgentToMaster =
   | { kind: 'heartbeat'; sentAtMs: number }
   | { kind: 'containerState'; allocationId: string; containerId: string; state: ContainerState; exit?: ExitInfo }
   | { kind: 'logs'; allocationId: string; lines: LogLine[] }
-  | { kind: 'pullProgress'; allocationId: string; image: string; status: string; currentBytes: number; totalBytes: number };
+  | { kind: 'pullProgress'; allocationId: string; image: string; status: string; currentBytes: number; totalBytes: number }
+  | { kind: 'spotInterruption'; action: string; actionTimeMs: number };
 
 /** The master's answer to a registration. */
 export interface RegisteredInfo {

@@ -181,7 +181,7 @@ export class AgentSession {
       call.write(
         agentMessageToProto({
           kind: 'register',
-          register: { agentId: this.opts.agentId, version: VERSION, resourcePool: this.opts.resourcePool, devices: this.devices, labels: this.opts.labels, containers: this.manager.reports(), hostname: os.hostname() },
+          register: { agentId: this.opts.agentId, version: VERSION, resourcePool: this.opts.resourcePool, devices: this.devices, labels: this.opts.labels, containers: this.manager.reports(), hostname: os.hostname(), instanceId: this.opts.instanceId, instanceType: this.opts.instanceType },
         }),
       );
     });

@@ -18,6 +18,7 @@ import type { PullProgress as _determined_agent_v1_PullProgress, PullProgress__O
 import type { Register as _determined_agent_v1_Register, Register__Output as _determined_agent_v1_Register__Output } from './determined/agent/v1/Register';
 import type { Registered as _determined_agent_v1_Registered, Registered__Output as _determined_agent_v1_Registered__Output } from './determined/agent/v1/Registered';
 import type { Shutdown as _determined_agent_v1_Shutdown, Shutdown__Output as _determined_agent_v1_Shutdown__Output } from './determined/agent/v1/Shutdown';
+import type { SpotInterruption as _determined_agent_v1_SpotInterruption, SpotInterruption__Output as _determined_agent_v1_SpotInterruption__Output } from './determined/agent/v1/SpotInterruption';
 import type { StartContainer as _determined_agent_v1_StartContainer, StartContainer__Output as _determined_agent_v1_StartContainer__Output } from './determined/agent/v1/StartContainer';
 import type { TaskSpec as _determined_agent_v1_TaskSpec, TaskSpec__Output as _determined_agent_v1_TaskSpec__Output } from './determined/agent/v1/TaskSpec';
 
@@ -49,6 +50,7 @@ export interface ProtoGrpcType {
         Register: MessageTypeDefinition<_determined_agent_v1_Register, _determined_agent_v1_Register__Output>
         Registered: MessageTypeDefinition<_determined_agent_v1_Registered, _determined_agent_v1_Registered__Output>
         Shutdown: MessageTypeDefinition<_determined_agent_v1_Shutdown, _determined_agent_v1_Shutdown__Output>
+        SpotInterruption: MessageTypeDefinition<_determined_agent_v1_SpotInterruption, _determined_agent_v1_SpotInterruption__Output>
         StartContainer: MessageTypeDefinition<_determined_agent_v1_StartContainer, _determined_agent_v1_StartContainer__Output>
         TaskSpec: MessageTypeDefinition<_determined_agent_v1_TaskSpec, _determined_agent_v1_TaskSpec__Output>
       }

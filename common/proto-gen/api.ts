@@ -13,10 +13,13 @@ import type { GetExperimentRequest as _determined_api_v1_GetExperimentRequest, G
 import type { GetExperimentResponse as _determined_api_v1_GetExperimentResponse, GetExperimentResponse__Output as _determined_api_v1_GetExperimentResponse__Output } from './determined/api/v1/GetExperimentResponse';
 import type { GetMasterRequest as _determined_api_v1_GetMasterRequest, GetMasterRequest__Output as _determined_api_v1_GetMasterRequest__Output } from './determined/api/v1/GetMasterRequest';
 import type { GetMasterResponse as _determined_api_v1_GetMasterResponse, GetMasterResponse__Output as _determined_api_v1_GetMasterResponse__Output } from './determined/api/v1/GetMasterResponse';
+import type { GetProvisionerStatusRequest as _determined_api_v1_GetProvisionerStatusRequest, GetProvisionerStatusRequest__Output as _determined_api_v1_GetProvisionerStatusRequest__Output } from './determined/api/v1/GetProvisionerStatusRequest';
+import type { GetProvisionerStatusResponse as _determined_api_v1_GetProvisionerStatusResponse, GetProvisionerStatusResponse__Output as _determined_api_v1_GetProvisionerStatusResponse__Output } from './determined/api/v1/GetProvisionerStatusResponse';
 import type { GetTrialRequest as _determined_api_v1_GetTrialRequest, GetTrialRequest__Output as _determined_api_v1_GetTrialRequest__Output } from './determined/api/v1/GetTrialRequest';
 import type { GetTrialResponse as _determined_api_v1_GetTrialResponse, GetTrialResponse__Output as _determined_api_v1_GetTrialResponse__Output } from './determined/api/v1/GetTrialResponse';
 import type { KillExperimentRequest as _determined_api_v1_KillExperimentRequest, KillExperimentRequest__Output as _determined_api_v1_KillExperimentRequest__Output } from './determined/api/v1/KillExperimentRequest';
 import type { KillExperimentResponse as _determined_api_v1_KillExperimentResponse, KillExperimentResponse__Output as _determined_api_v1_KillExperimentResponse__Output } from './determined/api/v1/KillExperimentResponse';
+import type { LaunchError as _determined_api_v1_LaunchError, LaunchError__Output as _determined_api_v1_LaunchError__Output } from './determined/api/v1/LaunchError';
 import type { ListAgentsRequest as _determined_api_v1_ListAgentsRequest, ListAgentsRequest__Output as _determined_api_v1_ListAgentsRequest__Output } from './determined/api/v1/ListAgentsRequest';
 import type { ListAgentsResponse as _determined_api_v1_ListAgentsResponse, ListAgentsResponse__Output as _determined_api_v1_ListAgentsResponse__Output } from './determined/api/v1/ListAgentsResponse';
 import type { ListExperimentsRequest as _determined_api_v1_ListExperimentsRequest, ListExperimentsRequest__Output as _determined_api_v1_ListExperimentsRequest__Output } from './determined/api/v1/ListExperimentsRequest';
@@ -27,6 +30,8 @@ import type { ListSlotsRequest as _determined_api_v1_ListSlotsRequest, ListSlots
 import type { ListSlotsResponse as _determined_api_v1_ListSlotsResponse, ListSlotsResponse__Output as _determined_api_v1_ListSlotsResponse__Output } from './determined/api/v1/ListSlotsResponse';
 import type { ListTrialsRequest as _determined_api_v1_ListTrialsRequest, ListTrialsRequest__Output as _determined_api_v1_ListTrialsRequest__Output } from './determined/api/v1/ListTrialsRequest';
 import type { ListTrialsResponse as _determined_api_v1_ListTrialsResponse, ListTrialsResponse__Output as _determined_api_v1_ListTrialsResponse__Output } from './determined/api/v1/ListTrialsResponse';
+import type { ProvisionedInstance as _determined_api_v1_ProvisionedInstance, ProvisionedInstance__Output as _determined_api_v1_ProvisionedInstance__Output } from './determined/api/v1/ProvisionedInstance';
+import type { ProvisionerPool as _determined_api_v1_ProvisionerPool, ProvisionerPool__Output as _determined_api_v1_ProvisionerPool__Output } from './determined/api/v1/ProvisionerPool';
 import type { ResourcePool as _determined_api_v1_ResourcePool, ResourcePool__Output as _determined_api_v1_ResourcePool__Output } from './determined/api/v1/ResourcePool';
 import type { Slot as _determined_api_v1_Slot, Slot__Output as _determined_api_v1_Slot__Output } from './determined/api/v1/Slot';
 import type { Trial as _determined_api_v1_Trial, Trial__Output as _determined_api_v1_Trial__Output } from './determined/api/v1/Trial';
@@ -55,10 +60,13 @@ export interface ProtoGrpcType {
         GetExperimentResponse: MessageTypeDefinition<_determined_api_v1_GetExperimentResponse, _determined_api_v1_GetExperimentResponse__Output>
         GetMasterRequest: MessageTypeDefinition<_determined_api_v1_GetMasterRequest, _determined_api_v1_GetMasterRequest__Output>
         GetMasterResponse: MessageTypeDefinition<_determined_api_v1_GetMasterResponse, _determined_api_v1_GetMasterResponse__Output>
+        GetProvisionerStatusRequest: MessageTypeDefinition<_determined_api_v1_GetProvisionerStatusRequest, _determined_api_v1_GetProvisionerStatusRequest__Output>
+        GetProvisionerStatusResponse: MessageTypeDefinition<_determined_api_v1_GetProvisionerStatusResponse, _determined_api_v1_GetProvisionerStatusResponse__Output>
         GetTrialRequest: MessageTypeDefinition<_determined_api_v1_GetTrialRequest, _determined_api_v1_GetTrialRequest__Output>
         GetTrialResponse: MessageTypeDefinition<_determined_api_v1_GetTrialResponse, _determined_api_v1_GetTrialResponse__Output>
         KillExperimentRequest: MessageTypeDefinition<_determined_api_v1_KillExperimentRequest, _determined_api_v1_KillExperimentRequest__Output>
         KillExperimentResponse: MessageTypeDefinition<_determined_api_v1_KillExperimentResponse, _determined_api_v1_KillExperimentResponse__Output>
+        LaunchError: MessageTypeDefinition<_determined_api_v1_LaunchError, _determined_api_v1_LaunchError__Output>
         ListAgentsRequest: MessageTypeDefinition<_determined_api_v1_ListAgentsRequest, _determined_api_v1_ListAgentsRequest__Output>
         ListAgentsResponse: MessageTypeDefinition<_determined_api_v1_ListAgentsResponse, _determined_api_v1_ListAgentsResponse__Output>
         ListExperimentsRequest: MessageTypeDefinition<_determined_api_v1_ListExperimentsRequest, _determined_api_v1_ListExperimentsRequest__Output>
@@ -69,6 +77,8 @@ export interface ProtoGrpcType {
         ListSlotsResponse: MessageTypeDefinition<_determined_api_v1_ListSlotsResponse, _determined_api_v1_ListSlotsResponse__Output>
         ListTrialsRequest: MessageTypeDefinition<_determined_api_v1_ListTrialsRequest, _determined_api_v1_ListTrialsRequest__Output>
         ListTrialsResponse: MessageTypeDefinition<_determined_api_v1_ListTrialsResponse, _determined_api_v1_ListTrialsResponse__Output>
+        ProvisionedInstance: MessageTypeDefinition<_determined_api_v1_ProvisionedInstance, _determined_api_v1_ProvisionedInstance__Output>
+        ProvisionerPool: MessageTypeDefinition<_determined_api_v1_ProvisionerPool, _determined_api_v1_ProvisionerPool__Output>
         ResourcePool: MessageTypeDefinition<_determined_api_v1_ResourcePool, _determined_api_v1_ResourcePool__Output>
         Slot: MessageTypeDefinition<_determined_api_v1_Slot, _determined_api_v1_Slot__Output>
         SlotType: EnumTypeDefinition

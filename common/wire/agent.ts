@@ -84,6 +84,8 @@ export function agentMessageToProto(m: AgentToMaster): AgentMessage {
       return { containerLogs: { allocationId: m.allocationId, lines: m.lines.map(logToProto) } };
     case 'pullProgress':
       return { pullProgress: { allocationId: m.allocationId, image: m.image, status: m.status, currentBytes: m.currentBytes, totalBytes: m.totalBytes } };
+    case 'spotInterruption':
+      return { spotInterruption: { action: m.action, actionTimeMs: m.actionTimeMs } };
   }
 }
 
@@ -92,7 +94,13 @@ export function agentMessageFromProto(m: AgentMessage__Output): AgentToMaster {
   switch (m.msg) {
     case 'register': {
       const r = m.register!;
-      return { kind: 'register', register: { agentId: r.agentId, version: r.version, resourcePool: r.resourcePool, devices: r.devices.map(deviceFromProto), labels: r.labels, containers: r.containers.map(reportFromProto), hostname: r.hostname } };
+      return {
+        kind: 'register',
+        register: {
+          agentId: r.agentId, version: r.version, resourcePool: r.resourcePool, devices: r.devices.map(deviceFromProto), labels: r.labels,
+          containers: r.containers.map(reportFromProto), hostname: r.hostname, instanceId: r.instanceId, instanceType: r.instanceType,
+        },
+      };
     }
     case 'heartbeat':
       return { kind: 'heartbeat', sentAtMs: m.heartbeat!.sentAtMs };
@@ -106,6 +114,8 @@ export function agentMessageFromProto(m: AgentMessage__Output): AgentToMaster {
       const p = m.pullProgress!;
       return { kind: 'pullProgress', allocationId: p.allocationId, image: p.image, status: p.status, currentBytes: p.currentBytes, totalBytes: p.totalBytes };
     }
+    case 'spotInterruption':
+      return { kind: 'spotInterruption', action: m.spotInterruption!.action, actionTimeMs: m.spotInterruption!.actionTimeMs };
     default:
       throw protocolError('empty agent message');
   }

@@ -3,6 +3,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { DetError } from '../../common/errors';
 import { VERSION } from '../../common/types';
 import type { DeterminedHandlers } from '../../common/proto-gen/determined/api/v1/Determined';
+import type { ProvisionerPool } from '../../common/proto-gen/determined/api/v1/ProvisionerPool';
 import type { Cluster } from '../cluster/cluster';
 import { agentToProto, experimentToProto, slotsToProto, trialToProto } from './convert';
 import { toServiceError } from './errors';
@@ -25,8 +26,13 @@ function unary<Req, Res>(fn: (req: Req) => Promise<Res>): grpc.handleUnaryCall<R
   };
 }
 
+/** Where GetProvisionerStatus reads from (the provisioner service, when any pool has a provider). */
+export interface ProvisionerStatusSource {
+  status(pool: string | undefined): Promise<ProvisionerPool[]>;
+}
+
 /** Builds the service implementation. */
-export function apiHandlers(cluster: Cluster, facts: MasterFacts): DeterminedHandlers {
+export function apiHandlers(cluster: Cluster, facts: MasterFacts, provisioner?: ProvisionerStatusSource): DeterminedHandlers {
   const store = cluster.store;
   const trialOf = (alloc: string) => cluster.trialOfAllocation(alloc);
   const agent = (id: string) => {
@@ -77,6 +83,7 @@ export function apiHandlers(cluster: Cluster, facts: MasterFacts): DeterminedHan
       return { trial: trialToProto(t) };
     }),
     TrialLogs: (call) => void serveTrialLogs(call, cluster),
+    GetProvisionerStatus: unary(async (req) => ({ pools: provisioner ? await provisioner.status(req.resourcePool || undefined) : [] })),
     ListResourcePools: unary(async () => ({
       resourcePools: cluster.resourcePools.map((p) => {
         const agents = cluster.agents.all().filter((a) => a.pool === p.name && a.channel);

@@ -55,6 +55,8 @@ function agentOptions(port: number, o: Partial<AgentOptions> = {}): AgentOptions
     cpuSlots: 0,
     containerNetworkMode: 'host',
     labels: { instance_type: 'p5.48xlarge', zone: 'us-east-1a' },
+    instanceId: 'i-0aaaabbbbccccdddd',
+    instanceType: 'p5.48xlarge',
     logLevel: 'debug',
     ...o,
   };
@@ -209,6 +211,8 @@ describe('agent session against a fake master', function () {
         labels: { instance_type: 'p5.48xlarge', zone: 'us-east-1a' },
         containers: [],
         hostname: os.hostname(),
+        instanceId: 'i-0aaaabbbbccccdddd',
+        instanceType: 'p5.48xlarge',
       });
       assert.deepEqual(c.metadata.get(AGENT_TOKEN_METADATA_KEY), ['join-token-123']);
     });

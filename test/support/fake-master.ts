@@ -5,6 +5,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { ERROR_CODE_METADATA_KEY, ERRORS, type ErrorCode } from '../../common/errors';
 import { apiProto } from '../../common/proto/load';
+import type { ProvisionerPool } from '../../common/proto-gen/determined/api/v1/ProvisionerPool';
 import type { Agent } from '../../common/proto-gen/determined/api/v1/Agent';
 import type { DeterminedHandlers } from '../../common/proto-gen/determined/api/v1/Determined';
 import type { Experiment } from '../../common/proto-gen/determined/api/v1/Experiment';
@@ -163,6 +164,8 @@ export interface FakeCluster {
   logs: Map<number, TrialLog[]>;
   /** Lines per streamed message (default 2). */
   logBatchSize?: number;
+  /** Provisioned pools for GetProvisionerStatus (default none). */
+  provisioner?: ProvisionerPool[];
   /** Answer to CreateExperiment (default: INVALID_ARGUMENT). */
   create?: (configYaml: string) => { experiment: Experiment; trials: Trial[] } | Partial<grpc.StatusObject>;
 }
@@ -194,6 +197,7 @@ export function clusterHandlers(cluster: FakeCluster): DeterminedHandlers {
       cb(null, { slots: agent.slots ?? [] });
     },
     ListResourcePools: (_call, cb) => cb(null, { resourcePools: cluster.pools }),
+    GetProvisionerStatus: (call, cb) => cb(null, { pools: (cluster.provisioner ?? []).filter((p) => !call.request.resourcePool || p.resourcePool === call.request.resourcePool) }),
     CreateExperiment: (call, cb) => {
       const answer = cluster.create?.(call.request.configYaml) ?? detError('DET_ERR_EXPERIMENT_CONFIG_INVALID', 'fake master: no create answer set');
       if (isStatus(answer)) return cb(answer);

@@ -51,7 +51,7 @@ export function cudaDevices(ids: number[]): Device[] {
 
 /** A Registration with defaults for what a test does not care about. */
 export function registration(agentId: string, over: Partial<Registration> = {}): Registration {
-  return { agentId, version: VERSION, resourcePool: 'default', devices: cpuDevices(1), labels: {}, containers: [], hostname: `host-${agentId}`, ...over };
+  return { agentId, version: VERSION, resourcePool: 'default', devices: cpuDevices(1), labels: {}, containers: [], hostname: `host-${agentId}`, instanceId: '', instanceType: '', ...over };
 }
 
 /** A ContainerReport for Register. */

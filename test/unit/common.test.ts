@@ -190,6 +190,8 @@ describe('agent wire adapters', () => {
           agentId: 'agent-1',
           version: '0.1.0',
           resourcePool: 'gpu',
+          instanceId: 'i-0123456789abcdef0',
+          instanceType: 'g5.xlarge',
           devices: [
             { id: 0, brand: 'NVIDIA H200', uuid: 'GPU-1', type: 'cuda', memoryMib: 143_771 },
             { id: 1, brand: 'cpu', uuid: '', type: 'cpu', memoryMib: 0 },

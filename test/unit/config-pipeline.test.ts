@@ -224,6 +224,8 @@ describe('config pipeline', () => {
           cpuSlots: os.availableParallelism(),
           containerNetworkMode: 'host',
           labels: {},
+          instanceId: '',
+          instanceType: '',
           logLevel: 'info',
         },
       );

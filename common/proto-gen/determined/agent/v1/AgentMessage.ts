@@ -6,6 +6,7 @@ import type { Heartbeat as _determined_agent_v1_Heartbeat, Heartbeat__Output as 
 import type { ContainerStateChanged as _determined_agent_v1_ContainerStateChanged, ContainerStateChanged__Output as _determined_agent_v1_ContainerStateChanged__Output } from '../../../determined/agent/v1/ContainerStateChanged';
 import type { ContainerLogs as _determined_agent_v1_ContainerLogs, ContainerLogs__Output as _determined_agent_v1_ContainerLogs__Output } from '../../../determined/agent/v1/ContainerLogs';
 import type { PullProgress as _determined_agent_v1_PullProgress, PullProgress__Output as _determined_agent_v1_PullProgress__Output } from '../../../determined/agent/v1/PullProgress';
+import type { SpotInterruption as _determined_agent_v1_SpotInterruption, SpotInterruption__Output as _determined_agent_v1_SpotInterruption__Output } from '../../../determined/agent/v1/SpotInterruption';
 
 export interface AgentMessage {
   'register'?: (_determined_agent_v1_Register | null);
@@ -13,7 +14,8 @@ export interface AgentMessage {
   'containerStateChanged'?: (_determined_agent_v1_ContainerStateChanged | null);
   'containerLogs'?: (_determined_agent_v1_ContainerLogs | null);
   'pullProgress'?: (_determined_agent_v1_PullProgress | null);
-  'msg'?: "register"|"heartbeat"|"containerStateChanged"|"containerLogs"|"pullProgress";
+  'spotInterruption'?: (_determined_agent_v1_SpotInterruption | null);
+  'msg'?: "register"|"heartbeat"|"containerStateChanged"|"containerLogs"|"pullProgress"|"spotInterruption";
 }
 
 export interface AgentMessage__Output {
@@ -22,5 +24,6 @@ export interface AgentMessage__Output {
   'containerStateChanged'?: (_determined_agent_v1_ContainerStateChanged__Output | null);
   'containerLogs'?: (_determined_agent_v1_ContainerLogs__Output | null);
   'pullProgress'?: (_determined_agent_v1_PullProgress__Output | null);
-  'msg'?: "register"|"heartbeat"|"containerStateChanged"|"containerLogs"|"pullProgress";
+  'spotInterruption'?: (_determined_agent_v1_SpotInterruption__Output | null);
+  'msg'?: "register"|"heartbeat"|"containerStateChanged"|"containerLogs"|"pullProgress"|"spotInterruption";
 }

@@ -12,6 +12,8 @@ export interface Register {
   'labels'?: ({[key: string]: string});
   'containers'?: (_determined_agent_v1_ContainerReport)[];
   'hostname'?: (string);
+  'instanceId'?: (string);
+  'instanceType'?: (string);
 }
 
 export interface Register__Output {
@@ -22,4 +24,6 @@ export interface Register__Output {
   'labels': ({[key: string]: string});
   'containers': (_determined_agent_v1_ContainerReport__Output)[];
   'hostname': (string);
+  'instanceId': (string);
+  'instanceType': (string);
 }

@@ -17,6 +17,8 @@ export interface Agent {
   'registeredAtMs'?: (number | string | Long);
   'lastSeenMs'?: (number | string | Long);
   'address'?: (string);
+  'instanceId'?: (string);
+  'instanceType'?: (string);
 }
 
 export interface Agent__Output {
@@ -31,4 +33,6 @@ export interface Agent__Output {
   'registeredAtMs': (number);
   'lastSeenMs': (number);
   'address': (string);
+  'instanceId': (string);
+  'instanceType': (string);
 }

@@ -11,6 +11,8 @@ import type { GetExperimentRequest as _determined_api_v1_GetExperimentRequest, G
 import type { GetExperimentResponse as _determined_api_v1_GetExperimentResponse, GetExperimentResponse__Output as _determined_api_v1_GetExperimentResponse__Output } from '../../../determined/api/v1/GetExperimentResponse';
 import type { GetMasterRequest as _determined_api_v1_GetMasterRequest, GetMasterRequest__Output as _determined_api_v1_GetMasterRequest__Output } from '../../../determined/api/v1/GetMasterRequest';
 import type { GetMasterResponse as _determined_api_v1_GetMasterResponse, GetMasterResponse__Output as _determined_api_v1_GetMasterResponse__Output } from '../../../determined/api/v1/GetMasterResponse';
+import type { GetProvisionerStatusRequest as _determined_api_v1_GetProvisionerStatusRequest, GetProvisionerStatusRequest__Output as _determined_api_v1_GetProvisionerStatusRequest__Output } from '../../../determined/api/v1/GetProvisionerStatusRequest';
+import type { GetProvisionerStatusResponse as _determined_api_v1_GetProvisionerStatusResponse, GetProvisionerStatusResponse__Output as _determined_api_v1_GetProvisionerStatusResponse__Output } from '../../../determined/api/v1/GetProvisionerStatusResponse';
 import type { GetTrialRequest as _determined_api_v1_GetTrialRequest, GetTrialRequest__Output as _determined_api_v1_GetTrialRequest__Output } from '../../../determined/api/v1/GetTrialRequest';
 import type { GetTrialResponse as _determined_api_v1_GetTrialResponse, GetTrialResponse__Output as _determined_api_v1_GetTrialResponse__Output } from '../../../determined/api/v1/GetTrialResponse';
 import type { KillExperimentRequest as _determined_api_v1_KillExperimentRequest, KillExperimentRequest__Output as _determined_api_v1_KillExperimentRequest__Output } from '../../../determined/api/v1/KillExperimentRequest';
@@ -64,6 +66,15 @@ export interface DeterminedClient extends grpc.Client {
   getMaster(argument: _determined_api_v1_GetMasterRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_GetMasterResponse__Output>): grpc.ClientUnaryCall;
   getMaster(argument: _determined_api_v1_GetMasterRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_GetMasterResponse__Output>): grpc.ClientUnaryCall;
   getMaster(argument: _determined_api_v1_GetMasterRequest, callback: grpc.requestCallback<_determined_api_v1_GetMasterResponse__Output>): grpc.ClientUnaryCall;
+  
+  GetProvisionerStatus(argument: _determined_api_v1_GetProvisionerStatusRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_GetProvisionerStatusResponse__Output>): grpc.ClientUnaryCall;
+  GetProvisionerStatus(argument: _determined_api_v1_GetProvisionerStatusRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_GetProvisionerStatusResponse__Output>): grpc.ClientUnaryCall;
+  GetProvisionerStatus(argument: _determined_api_v1_GetProvisionerStatusRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_GetProvisionerStatusResponse__Output>): grpc.ClientUnaryCall;
+  GetProvisionerStatus(argument: _determined_api_v1_GetProvisionerStatusRequest, callback: grpc.requestCallback<_determined_api_v1_GetProvisionerStatusResponse__Output>): grpc.ClientUnaryCall;
+  getProvisionerStatus(argument: _determined_api_v1_GetProvisionerStatusRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_GetProvisionerStatusResponse__Output>): grpc.ClientUnaryCall;
+  getProvisionerStatus(argument: _determined_api_v1_GetProvisionerStatusRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_GetProvisionerStatusResponse__Output>): grpc.ClientUnaryCall;
+  getProvisionerStatus(argument: _determined_api_v1_GetProvisionerStatusRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_GetProvisionerStatusResponse__Output>): grpc.ClientUnaryCall;
+  getProvisionerStatus(argument: _determined_api_v1_GetProvisionerStatusRequest, callback: grpc.requestCallback<_determined_api_v1_GetProvisionerStatusResponse__Output>): grpc.ClientUnaryCall;
   
   GetTrial(argument: _determined_api_v1_GetTrialRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_GetTrialResponse__Output>): grpc.ClientUnaryCall;
   GetTrial(argument: _determined_api_v1_GetTrialRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_GetTrialResponse__Output>): grpc.ClientUnaryCall;
@@ -144,6 +155,8 @@ export interface DeterminedHandlers extends grpc.UntypedServiceImplementation {
   
   GetMaster: grpc.handleUnaryCall<_determined_api_v1_GetMasterRequest__Output, _determined_api_v1_GetMasterResponse>;
   
+  GetProvisionerStatus: grpc.handleUnaryCall<_determined_api_v1_GetProvisionerStatusRequest__Output, _determined_api_v1_GetProvisionerStatusResponse>;
+  
   GetTrial: grpc.handleUnaryCall<_determined_api_v1_GetTrialRequest__Output, _determined_api_v1_GetTrialResponse>;
   
   KillExperiment: grpc.handleUnaryCall<_determined_api_v1_KillExperimentRequest__Output, _determined_api_v1_KillExperimentResponse>;
@@ -167,6 +180,7 @@ export interface DeterminedDefinition extends grpc.ServiceDefinition {
   GetAgent: MethodDefinition<_determined_api_v1_GetAgentRequest, _determined_api_v1_GetAgentResponse, _determined_api_v1_GetAgentRequest__Output, _determined_api_v1_GetAgentResponse__Output>
   GetExperiment: MethodDefinition<_determined_api_v1_GetExperimentRequest, _determined_api_v1_GetExperimentResponse, _determined_api_v1_GetExperimentRequest__Output, _determined_api_v1_GetExperimentResponse__Output>
   GetMaster: MethodDefinition<_determined_api_v1_GetMasterRequest, _determined_api_v1_GetMasterResponse, _determined_api_v1_GetMasterRequest__Output, _determined_api_v1_GetMasterResponse__Output>
+  GetProvisionerStatus: MethodDefinition<_determined_api_v1_GetProvisionerStatusRequest, _determined_api_v1_GetProvisionerStatusResponse, _determined_api_v1_GetProvisionerStatusRequest__Output, _determined_api_v1_GetProvisionerStatusResponse__Output>
   GetTrial: MethodDefinition<_determined_api_v1_GetTrialRequest, _determined_api_v1_GetTrialResponse, _determined_api_v1_GetTrialRequest__Output, _determined_api_v1_GetTrialResponse__Output>
   KillExperiment: MethodDefinition<_determined_api_v1_KillExperimentRequest, _determined_api_v1_KillExperimentResponse, _determined_api_v1_KillExperimentRequest__Output, _determined_api_v1_KillExperimentResponse__Output>
   ListAgents: MethodDefinition<_determined_api_v1_ListAgentsRequest, _determined_api_v1_ListAgentsResponse, _determined_api_v1_ListAgentsRequest__Output, _determined_api_v1_ListAgentsResponse__Output>
