@@ -1,12 +1,17 @@
-// det-agent: config, Docker check, device detection, then the session with
-// the master until SIGINT/SIGTERM (or a fatal rejection).
+// det-agent: config (from the file, or with --config-source ec2 also from EC2
+// user data), Docker check, device detection, then the session with the master
+// until SIGINT/SIGTERM (or a fatal rejection).
 import { rootAbortController } from '../common/abort';
 import { exitCodeFor, runDaemon } from '../common/daemon';
-import { parseDaemonFlags, type FlagSpec } from '../common/config/flags';
+import { parseDaemonFlags, type FlagSpec, type ParsedFlags } from '../common/config/flags';
+import { DetError } from '../common/errors';
 import { createLogger, redactSecrets } from '../common/log';
 import { DockerRuntime } from './containers/docker';
 import { ContainerManager } from './containers/manager';
 import { detectDevices } from './detect/devices';
+import { ec2ConfigLayer } from './ec2/config-source';
+import { ImdsClient } from './ec2/imds';
+import { spotInterruptionMessage, watchSpotInterruption } from './ec2/spot-watcher';
 import { DEFAULT_AGENT_CONFIG_FILE, loadAgentOptions, type AgentOptions } from './options';
 import { Outbox } from './session/outbox';
 import { AgentSession } from './session/session';
@@ -26,15 +31,58 @@ const FLAGS: FlagSpec[] = [
   { flags: '--log-level <level>', key: 'log_level', description: 'debug | info | warn | error' },
 ];
 
-const parseFlags = (argv: string[]) =>
-  parseDaemonFlags('det-agent', 'Determined-style agent: registers with the master and runs task containers on Docker', DEFAULT_AGENT_CONFIG_FILE, FLAGS, argv);
+/** Where the config comes from: file (file, DET_* env, flags) or ec2 (EC2 user data via IMDS as well). */
+export type ConfigSource = 'file' | 'ec2';
+
+// --config-source picks a source rather than setting a config key. It sits in
+// the flag table (so --help lists it and commander parses it) under a reserved
+// key that parseFlags takes out of the layer before the pipeline sees it.
+const CONFIG_SOURCE_KEY = '__config_source';
+const CONFIG_SOURCE_FLAG: FlagSpec = {
+  flags: '--config-source <source>',
+  key: CONFIG_SOURCE_KEY,
+  description: 'file | ec2: ec2 also reads the master address, pool, token and TLS CA from EC2 user data via IMDS (default file)',
+};
+
+/**
+ * Exit code when the ec2 config source fails (IMDS unreachable, user data
+ * missing or malformed, or the config it gives invalid): sysexits' EX_CONFIG.
+ * Restarting cannot fix these, so the AMI's unit sets
+ * RestartPreventExitStatus=78 and systemd stops instead of restarting in a
+ * tight loop.
+ */
+export const EXIT_CONFIG_SOURCE_FAILED = 78;
+
+function parseFlags(argv: string[]): ParsedFlags & { configSource: ConfigSource } {
+  const parsed = parseDaemonFlags('det-agent', 'Determined-style agent: registers with the master and runs task containers on Docker', DEFAULT_AGENT_CONFIG_FILE, [...FLAGS, CONFIG_SOURCE_FLAG], argv);
+  const { [CONFIG_SOURCE_KEY]: source = 'file', ...layer } = parsed.layer;
+  if (source !== 'file' && source !== 'ec2') throw new DetError('DET_ERR_CONFIG_INVALID', `--config-source must be "file" or "ec2", not "${String(source)}"`);
+  return { configFile: parsed.configFile, layer, configSource: source };
+}
 
 /** Runs det-agent until stopped; resolves with the exit code. */
 export async function main(argv: string[]): Promise<number> {
+  let flags: ReturnType<typeof parseFlags>;
   let opts: AgentOptions;
+  let imds: ImdsClient | undefined;
   try {
-    opts = loadAgentOptions(parseFlags(argv));
+    flags = parseFlags(argv);
   } catch (err) {
+    return fail(err);
+  }
+  try {
+    if (flags.configSource === 'ec2') {
+      // Before anything else (Docker included): without its config the agent cannot do anything.
+      imds = new ImdsClient();
+      opts = loadAgentOptions(flags, process.env, await ec2ConfigLayer(imds), 'EC2 user data');
+    } else {
+      opts = loadAgentOptions(flags);
+    }
+  } catch (err) {
+    if (flags.configSource === 'ec2' && err instanceof DetError) {
+      process.stderr.write(`det-agent: ${err.message}\n`);
+      return EXIT_CONFIG_SOURCE_FAILED;
+    }
     return fail(err);
   }
   const log = createLogger('agent', { level: opts.logLevel });
@@ -62,10 +110,22 @@ export async function main(argv: string[]): Promise<number> {
       onShutdown: () => controller.abort(new Error('master requested shutdown')),
     });
     const sessionDone = session.run(controller.signal);
+    const spotDone = imds
+      ? watchSpotInterruption({
+          imds,
+          log: log.child('spot'),
+          signal: controller.signal,
+          onNotice: (notice) => {
+            log.warn(`spot interruption notice: EC2 will ${notice.action} this instance at ${new Date(notice.timeMs).toISOString()}; telling the master`);
+            void outbox.send(spotInterruptionMessage(notice));
+          },
+        })
+      : undefined;
     await Promise.race([sessionDone, new Promise<void>((r) => controller.signal.addEventListener('abort', () => r(), { once: true }))]);
     if (!controller.signal.aborted) await sessionDone; // fatal error path rethrows below
     await manager.stopAll();
     await sessionDone.catch(() => undefined);
+    await spotDone;
     log.info('stopped');
     return 0;
   } catch (err) {

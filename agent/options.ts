@@ -1,5 +1,6 @@
-// det-agent configuration: defaults -> YAML file -> DET_* env -> flags ->
-// validate (all problems at once, unknown keys rejected) -> freeze.
+// det-agent configuration: defaults -> YAML file -> [config source layer,
+// e.g. EC2 user data] -> DET_* env -> flags -> validate (all problems at once,
+// unknown keys rejected) -> freeze.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { z } from 'zod';
@@ -83,11 +84,17 @@ function dockerHostSocket(env: NodeJS.ProcessEnv): ConfigLayer {
   return h?.startsWith('unix://') ? { docker_socket: h.slice('unix://'.length) } : {};
 }
 
-/** Runs the pipeline; throws DET_ERR_CONFIG_INVALID listing every problem. */
-export function loadAgentOptions(flags: { configFile?: string; layer: ConfigLayer }, env: NodeJS.ProcessEnv = process.env): AgentOptions {
+/**
+ * Runs the pipeline; throws DET_ERR_CONFIG_INVALID listing every problem.
+ * `extraLayer` (from a config source such as EC2 user data, named by
+ * `extraSource` in errors) sits after the file and before env and flags, so
+ * explicit settings still win.
+ */
+export function loadAgentOptions(flags: { configFile?: string; layer: ConfigLayer }, env: NodeJS.ProcessEnv = process.env, extraLayer?: ConfigLayer, extraSource?: string): AgentOptions {
   const file = flags.configFile ?? (fs.existsSync(DEFAULT_AGENT_CONFIG_FILE) ? DEFAULT_AGENT_CONFIG_FILE : undefined);
-  const merged = mergeLayers(dockerHostSocket(env), file ? readYamlFile(file) : {}, envLayer(env, AGENT_ENV), flags.layer);
-  const c = validateConfig(schema, merged, `agent config${file ? ` (${file})` : ''}`);
+  const merged = mergeLayers(dockerHostSocket(env), file ? readYamlFile(file) : {}, extraLayer ?? {}, envLayer(env, AGENT_ENV), flags.layer);
+  const sources = [file, extraLayer && extraSource].filter(Boolean).join(', ');
+  const c = validateConfig(schema, merged, `agent config${sources ? ` (${sources})` : ''}`);
   const tlsOn = c.tls !== undefined && c.tls.enabled;
   return deepFreeze({
     masterHost: c.master_host,

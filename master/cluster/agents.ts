@@ -29,6 +29,15 @@ export interface AgentEntry {
   usedSlots: Map<number, string>;
   /** Fires when a disconnected agent's grace period ends. */
   graceTimer: NodeJS.Timeout | undefined;
+  /** Cloud instance of a provisioned agent ('' for static agents). */
+  instanceId: string;
+  instanceType: string;
+  /** Since when it has had no allocation; null while busy or disconnected. */
+  idleSinceMs: number | null;
+  /** Since when it has been disconnected; null while connected. */
+  disconnectedSinceMs: number | null;
+  /** Why it was disabled (provisioner, spot notice), for display. */
+  disabledReason: string;
 }
 
 /** Agents by id. */
@@ -64,6 +73,11 @@ export class AgentTable {
       lastSeenMs: nowMs,
       usedSlots: prev?.usedSlots ?? new Map(),
       graceTimer: undefined,
+      instanceId: reg.instanceId,
+      instanceType: reg.instanceType,
+      idleSinceMs: prev?.idleSinceMs ?? nowMs,
+      disconnectedSinceMs: null,
+      disabledReason: prev?.disabledReason ?? '',
     };
     this.agents.set(entry.id, entry);
     return entry;
@@ -71,7 +85,10 @@ export class AgentTable {
 
   /** Restores an agent known from the store (not connected). */
   restore(rec: AgentRecord): AgentEntry {
-    const entry: AgentEntry = { ...rec, pool: rec.resourcePool, channel: undefined, usedSlots: new Map(), graceTimer: undefined };
+    const entry: AgentEntry = {
+      ...rec, pool: rec.resourcePool, channel: undefined, usedSlots: new Map(), graceTimer: undefined,
+      instanceId: rec.labels['det:instance-id'] ?? '', instanceType: rec.labels['det:instance-type'] ?? '', idleSinceMs: null, disconnectedSinceMs: rec.lastSeenMs, disabledReason: '',
+    };
     this.agents.set(entry.id, entry);
     return entry;
   }
@@ -87,5 +104,7 @@ export class AgentTable {
 
 /** The store record of an agent entry. */
 export function agentRecord(a: AgentEntry): AgentRecord {
-  return { id: a.id, resourcePool: a.pool, version: a.version, hostname: a.hostname, devices: a.devices, labels: a.labels, enabled: a.enabled, registeredAtMs: a.registeredAtMs, lastSeenMs: a.lastSeenMs };
+  // The instance id and type travel in labels so a restarted master can match agents to instances.
+  const labels = a.instanceId ? { ...a.labels, 'det:instance-id': a.instanceId, 'det:instance-type': a.instanceType } : a.labels;
+  return { id: a.id, resourcePool: a.pool, version: a.version, hostname: a.hostname, devices: a.devices, labels, enabled: a.enabled, registeredAtMs: a.registeredAtMs, lastSeenMs: a.lastSeenMs };
 }

@@ -3,6 +3,7 @@
 // change through to the store. All mutations run one at a time on a serial
 // queue, so the store, the in-memory view and what agents are told agree.
 import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import { DetError } from '../../common/errors';
 import type { Logger } from '../../common/log';
 import type { AgentToMaster, ExitInfo, MasterToAgent, RegisteredInfo, Registration } from '../../common/types';
@@ -62,6 +63,10 @@ export class Cluster {
   private readonly experiments = new Map<number, LiveExperiment>();
   private readonly allocations = new Map<string, LiveAllocation>();
   private readonly queue = new Map<number, PendingTask>();
+  /** Emits 'changed' (pool name) whenever demand or capacity of a pool may have changed. */
+  readonly events = new EventEmitter();
+  /** Allocations being stopped through no fault of their trial (spot reclaim): requeued without a restart. */
+  private readonly preempting = new Map<string, string>();
   private chain: Promise<unknown> = Promise.resolve();
   private schedulePending = false;
   private closed = false;
@@ -98,6 +103,47 @@ export class Cluster {
     let n = 0;
     for (const t of this.queue.values()) if (t.pool === pool) n++;
     return n;
+  }
+
+  /** Queued tasks of a pool, oldest first (for the provisioner). */
+  pendingTasks(pool: string): { id: string; slots: number }[] {
+    return [...this.queue.values()].filter((t) => t.pool === pool).sort((a, b) => a.seq - b.seq).map((t) => ({ id: t.id, slots: t.slots }));
+  }
+
+  /** Allocations currently placed on an agent. */
+  runningTasksOn(agentId: string): number {
+    let n = 0;
+    for (const a of this.allocations.values()) if (a.agentId === agentId) n++;
+    return n;
+  }
+
+  private changed(pool: string): void {
+    this.events.emit('changed', pool);
+  }
+
+  /** Enables or disables scheduling onto an agent (the provisioner disables before terminating). */
+  setAgentEnabled(agentId: string, enabled: boolean, reason: string): Promise<void> {
+    return this.serial(async () => {
+      const a = this.agents.get(agentId);
+      if (!a) throw new DetError('DET_ERR_AGENT_NOT_FOUND', `agent ${agentId} not found`);
+      if (a.enabled === enabled) return;
+      a.enabled = enabled;
+      a.disabledReason = enabled ? '' : reason;
+      await this.store.putAgent(agentRecord(a));
+      this.log.info(enabled ? 'agent enabled' : 'agent disabled', { agent: agentId, reason });
+      if (enabled) this.requestSchedule();
+      this.changed(a.pool);
+    });
+  }
+
+  /** Records why a queued trial cannot run (e.g. no instance type of its pool is big enough). */
+  setWaitingReason(trialId: number, reason: string): Promise<void> {
+    return this.serial(async () => {
+      const t = this.trials.get(trialId);
+      if (!t || t.rec.state !== 'QUEUED' || t.rec.message === reason) return;
+      t.rec.message = reason;
+      await this.store.updateTrial(trialId, { message: reason });
+    });
   }
 
   /** Allocation id -> trial id for allocations on an agent's slots. */
@@ -220,6 +266,8 @@ export class Cluster {
           if (trial.killRequested) commands.push({ kind: 'kill', allocationId: alloc.id, signal: 'SIGTERM', gracePeriodMs: trial.exp.config.killGracePeriodMs });
         }
       }
+      entry.idleSinceMs = this.runningTasksOn(entry.id) === 0 ? entry.idleSinceMs ?? Date.now() : null;
+      this.changed(entry.pool);
       const timing = heartbeatTiming(this.agents.connectedCount());
       this.log.info('agent registered', { agent: entry.id, pool: entry.pool, slots: entry.devices.length, address: channel.address, reattached: expected.length });
       this.requestSchedule();
@@ -239,6 +287,8 @@ export class Cluster {
           return;
         case 'pullProgress':
           return;
+        case 'spotInterruption':
+          return this.interrupt(entry, `spot instance ${entry.instanceId || entry.id} is being reclaimed (${msg.action} at ${new Date(msg.actionTimeMs).toISOString()})`);
         case 'logs':
           return this.storeLogs(msg.allocationId, agentId, msg.lines);
         case 'containerState': {
@@ -252,7 +302,13 @@ export class Cluster {
           }
           if (msg.containerId) alloc.containerId = msg.containerId;
           const trial = this.trials.get(alloc.trialId)!;
-          const event: TrialEvent = msg.state === 'TERMINATED' ? { type: 'exited', exit: msg.exit ?? unknownExit() } : { type: 'progress', state: msg.state };
+          const preempted = this.preempting.get(alloc.id);
+          const event: TrialEvent =
+            msg.state !== 'TERMINATED'
+              ? { type: 'progress', state: msg.state }
+              : preempted !== undefined && (msg.exit?.failureKind ?? 'AGENT_ERROR') !== 'NONE'
+                ? { type: 'lost', reason: preempted, countsAsRestart: false }
+                : { type: 'exited', exit: msg.exit ?? unknownExit() };
           await this.apply(trial, event);
           return;
         }
@@ -266,11 +322,31 @@ export class Cluster {
       const entry = this.agents.get(agentId);
       if (!entry || entry.channel !== channel) return;
       entry.channel = undefined;
+      entry.disconnectedSinceMs = Date.now();
+      entry.idleSinceMs = null;
       await this.store.putAgent(agentRecord(entry));
+      this.changed(entry.pool);
       const running = [...this.allocations.values()].filter((a) => a.agentId === agentId).length;
       this.log.warn('agent disconnected', { agent: agentId, reason, allocations: running, grace_ms: this.opts.agentReconnectGraceMs });
       this.startGrace(entry);
     });
+  }
+
+  /** The agent's node is going away: schedule nothing there and stop its trials so they requeue elsewhere. */
+  private async interrupt(entry: AgentEntry, reason: string): Promise<void> {
+    this.log.warn('agent interrupted: requeueing its trials', { agent: entry.id, reason });
+    if (entry.enabled) {
+      entry.enabled = false;
+      entry.disabledReason = reason;
+      await this.store.putAgent(agentRecord(entry));
+    }
+    for (const alloc of [...this.allocations.values()].filter((a) => a.agentId === entry.id)) {
+      if (this.preempting.has(alloc.id)) continue;
+      this.preempting.set(alloc.id, reason);
+      const trial = this.trials.get(alloc.trialId)!;
+      entry.channel?.send({ kind: 'kill', allocationId: alloc.id, signal: 'SIGTERM', gracePeriodMs: trial.exp.config.killGracePeriodMs });
+    }
+    this.changed(entry.pool);
   }
 
   private startGrace(entry: AgentEntry): void {
@@ -280,7 +356,9 @@ export class Cluster {
       void this.serial(async () => {
         if (entry.channel) return;
         for (const alloc of [...this.allocations.values()].filter((a) => a.agentId === entry.id)) {
-          await this.apply(this.trials.get(alloc.trialId)!, { type: 'lost', reason: `agent ${entry.id} did not reconnect within ${Math.round(this.opts.agentReconnectGraceMs / 1000)}s` });
+          const preempted = this.preempting.get(alloc.id);
+          const reason = preempted ?? `agent ${entry.id} did not reconnect within ${Math.round(this.opts.agentReconnectGraceMs / 1000)}s`;
+          await this.apply(this.trials.get(alloc.trialId)!, { type: 'lost', reason, countsAsRestart: preempted === undefined });
         }
       }).catch((err) => this.log.error('reconnect grace handling failed', { agent: entry.id, err }));
     }, this.opts.agentReconnectGraceMs);
@@ -292,6 +370,7 @@ export class Cluster {
   private enqueue(trialId: number): void {
     const t = this.trials.get(trialId)!;
     this.queue.set(trialId, { id: String(trialId), pool: t.exp.rec.resourcePool, slots: t.exp.config.resources.slotsPerTrial, priority: t.exp.rec.priority, seq: trialId });
+    this.changed(t.exp.rec.resourcePool);
   }
 
   /** Applies one trial event: state machine, effects, persistence, experiment state. */
@@ -346,6 +425,11 @@ export class Cluster {
     this.allocations.delete(allocId);
     const agent = this.agents.get(alloc.agentId);
     for (const s of alloc.slotIds) if (agent?.usedSlots.get(s) === allocId) agent.usedSlots.delete(s);
+    this.preempting.delete(allocId);
+    if (agent) {
+      if (agent.channel && this.runningTasksOn(agent.id) === 0) agent.idleSinceMs = Date.now();
+      this.changed(agent.pool);
+    }
     const stored = await this.store.getAllocation(allocId);
     if (stored) {
       await this.store.putAllocation({
@@ -407,6 +491,7 @@ export class Cluster {
     await this.store.putAllocation({ id: allocationId, trialId, taskId: trial.rec.taskId, agentId, slotIds, state: 'ASSIGNED', containerId: '', createdAtMs: now, endedAtMs: null, exitCode: null, failureKind: null, message: '' });
     this.allocations.set(allocationId, { id: allocationId, trialId, agentId, slotIds, containerId: '', lastAgentLogSeq: 0, logSeqKnown: true });
     for (const s of slotIds) agent.usedSlots.set(s, allocationId);
+    agent.idleSinceMs = null;
     Object.assign(trial.rec, { allocationId, agentId, slotIds });
     await this.store.updateTrial(trialId, { allocationId, agentId, slotIds });
     await this.apply(trial, { type: 'assigned' });

@@ -4,7 +4,9 @@
 //   QUEUED -> ASSIGNED -> PULLING -> STARTING -> RUNNING -> COMPLETED | ERROR | CANCELED
 //
 // A failed attempt (non-zero exit, pull/start failure, lost allocation) goes
-// back to QUEUED while restarts < maxRestarts, else to ERROR. A kill cancels a
+// back to QUEUED while restarts < maxRestarts, else to ERROR. An allocation
+// lost through no fault of the trial (spot reclaim) is requeued without
+// counting a restart. A kill cancels a
 // queued trial at once; an active one is told to stop and becomes CANCELED
 // when its container is gone.
 import type { ExitInfo } from '../../common/types';
@@ -25,7 +27,7 @@ export type TrialEvent =
   | { type: 'assigned' }
   | { type: 'progress'; state: 'PULLING' | 'STARTING' | 'RUNNING' }
   | { type: 'exited'; exit: ExitInfo }
-  | { type: 'lost'; reason: string }
+  | { type: 'lost'; reason: string; countsAsRestart?: boolean }
   | { type: 'kill' };
 
 /** What the cluster must do as a result. */
@@ -88,6 +90,10 @@ export function transition(t: TrialMachine, event: TrialEvent): Transition {
         return { next: { ...t, state: 'COMPLETED', exitCode, message: '' }, effects: [{ type: 'release-slots' }] };
       }
       const why = event.type === 'exited' ? describeExit(event.exit) : event.reason;
+      if (event.type === 'lost' && event.countsAsRestart === false) {
+        // Not the trial's fault (e.g. its spot instance is being reclaimed): requeue, restarts untouched.
+        return { next: { ...t, state: 'QUEUED', exitCode, message: `${why}; requeued` }, effects: [{ type: 'release-slots' }, { type: 'enqueue' }] };
+      }
       if (t.restarts < t.maxRestarts) {
         const restarts = t.restarts + 1;
         return {

@@ -22,6 +22,7 @@ describe('trial state machine', () => {
     { name: 'pull failure restarts too', from: { state: 'PULLING' }, event: { type: 'exited', exit: pullFail }, state: 'QUEUED', effects: ['release-slots', 'enqueue'], restarts: 1, message: /image pull failed: manifest unknown/ },
     { name: 'max_restarts 0 errors at once', from: { state: 'RUNNING', maxRestarts: 0 }, event: { type: 'exited', exit: bad }, state: 'ERROR', effects: ['release-slots'], message: /max_restarts is 0/ },
     { name: 'lost allocation restarts', from: { state: 'RUNNING' }, event: { type: 'lost', reason: 'agent a1 lost' }, state: 'QUEUED', effects: ['release-slots', 'enqueue'], restarts: 1 },
+    { name: 'a loss that is not the trial’s fault requeues without counting', from: { state: 'RUNNING', restarts: 2 }, event: { type: 'lost', reason: 'spot instance reclaimed', countsAsRestart: false }, state: 'QUEUED', effects: ['release-slots', 'enqueue'], restarts: 2, message: /spot instance reclaimed; requeued/ },
     { name: 'kill while queued cancels', from: {}, event: { type: 'kill' }, state: 'CANCELED', effects: ['dequeue'] },
     { name: 'kill while running asks the container to stop', from: { state: 'RUNNING' }, event: { type: 'kill' }, state: 'RUNNING', effects: ['kill-container'] },
     { name: 'second kill is harmless', from: { state: 'RUNNING', killRequested: true }, event: { type: 'kill' }, state: 'RUNNING', effects: [], ignored: true },
