@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { z } from 'zod';
 import { asRecord, deepFreeze, envLayer, mergeLayers, readYamlFile, validateConfig, type ConfigLayer, type ConfigProblem, type CrossCheck, type EnvMapping } from '../common/config/pipeline';
 import { parseDurationMs } from './experiment/units';
+import { instanceTypeProblems, providerSchema, type ProviderConfig } from './provisioner/config';
 
 /** The default config file, read when present and --config-file is not given. */
 export const DEFAULT_CONFIG_FILE = '/etc/determined/master.yaml';
@@ -37,7 +38,16 @@ const schema = z
     tls: z.object({ cert: z.string().min(1), key: z.string().min(1) }).strict().optional(),
     /** Resource pools agents can join. */
     resource_pools: z
-      .array(z.object({ pool_name: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'use letters, digits, _ . -'), description: z.string().default('') }).strict())
+      .array(
+        z
+          .object({
+            pool_name: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'use letters, digits, _ . -'),
+            description: z.string().default(''),
+            /** Dynamic agents: the master launches and terminates instances for this pool. */
+            provider: providerSchema.optional(),
+          })
+          .strict(),
+      )
       .min(1, 'needs at least one pool')
       .default([{ pool_name: 'default', description: '' }]),
     /** Pool for experiments that name none. */
@@ -57,6 +67,15 @@ const crossCheck: CrossCheck = (raw) => {
   names.forEach((n, i) => {
     if (names.indexOf(n) !== i) problems.push({ path: ['resource_pools', i, 'pool_name'], message: `duplicate pool ${n}` });
   });
+  pools.forEach((p, i) => {
+    const provider = asRecord(asRecord(p)?.provider);
+    if (provider?.type === 'aws' && Array.isArray(provider.instance_types)) {
+      for (const { index, message } of instanceTypeProblems(provider.instance_types as never)) problems.push({ path: ['resource_pools', i, 'provider', 'instance_types', index], message });
+    }
+    if (provider && typeof provider.min_instances === 'number' && typeof provider.max_instances === 'number' && provider.min_instances > provider.max_instances) {
+      problems.push({ path: ['resource_pools', i, 'provider', 'min_instances'], message: `must be <= max_instances (${provider.max_instances})` });
+    }
+  });
   if (typeof raw.default_resource_pool === 'string' && !names.includes(raw.default_resource_pool)) {
     problems.push({ path: ['default_resource_pool'], message: `${raw.default_resource_pool} is not one of resource_pools (${names.join(', ')})` });
   }
@@ -73,7 +92,7 @@ export interface MasterConfig {
   clusterName: string;
   agentToken: string | undefined;
   tls: { cert: string; key: string } | undefined;
-  resourcePools: { name: string; description: string }[];
+  resourcePools: { name: string; description: string; provider: ProviderConfig | undefined }[];
   defaultResourcePool: string;
   agentReconnectGraceMs: number;
   logLevel: 'debug' | 'info' | 'warn' | 'error';
@@ -115,7 +134,7 @@ export function loadMasterConfig(flags: MasterFlags, env: NodeJS.ProcessEnv = pr
     clusterName: c.cluster_name,
     agentToken: c.agent_token,
     tls: c.tls,
-    resourcePools: c.resource_pools.map((p) => ({ name: p.pool_name, description: p.description })),
+    resourcePools: c.resource_pools.map((p) => ({ name: p.pool_name, description: p.description, provider: p.provider })),
     defaultResourcePool: c.default_resource_pool ?? c.resource_pools[0].pool_name,
     agentReconnectGraceMs: c.agent_reconnect_grace as unknown as number,
     logLevel: c.log_level,

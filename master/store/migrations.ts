@@ -173,6 +173,20 @@ CREATE TABLE trial_logs (
 /** All migrations in order; the last one's version is the schema this code expects. */
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, name: 'initial schema', sqlite: INITIAL_SQLITE, postgres: INITIAL_POSTGRES },
+  {
+    version: 2,
+    name: 'provisioner state',
+    sqlite: `CREATE TABLE provisioner_state (
+  pool TEXT PRIMARY KEY,
+  state TEXT NOT NULL,
+  updated_at_ms INTEGER NOT NULL
+);`,
+    postgres: `CREATE TABLE provisioner_state (
+  pool TEXT PRIMARY KEY,
+  state TEXT NOT NULL,
+  updated_at_ms BIGINT NOT NULL
+);`,
+  },
 ];
 
 /** The newest schema version this code knows. */

@@ -155,6 +155,19 @@ export class PostgresStore implements Store {
     await this.query('putAgent', sql.text, sql.params);
   }
 
+  async getProvisionerState(pool: string): Promise<string | undefined> {
+    const { rows } = await this.query('getProvisionerState', 'SELECT state FROM provisioner_state WHERE pool = $1', [pool]);
+    return rows[0]?.state as string | undefined;
+  }
+
+  async putProvisionerState(pool: string, state: string): Promise<void> {
+    await this.query(
+      'putProvisionerState',
+      'INSERT INTO provisioner_state (pool, state, updated_at_ms) VALUES ($1, $2, $3) ON CONFLICT (pool) DO UPDATE SET state = EXCLUDED.state, updated_at_ms = EXCLUDED.updated_at_ms',
+      [pool, state, Date.now()],
+    );
+  }
+
   async listAgents(): Promise<AgentRecord[]> {
     const { rows } = await this.query('listAgents', 'SELECT * FROM agents ORDER BY id');
     return rows.map(agentFromRow);

@@ -132,6 +132,17 @@ export class SqliteStore implements Store {
     return this.guard(() => void this.get(insertSql('sqlite', 'agents', agentToRow('sqlite', agent), 'id')));
   }
 
+  async getProvisionerState(pool: string): Promise<string | undefined> {
+    return this.guard(() => (this.stmt('SELECT state FROM provisioner_state WHERE pool = ?').get(pool) as { state: string } | undefined)?.state);
+  }
+
+  async putProvisionerState(pool: string, state: string): Promise<void> {
+    return this.guard(
+      () =>
+        void this.stmt('INSERT INTO provisioner_state (pool, state, updated_at_ms) VALUES (?, ?, ?) ON CONFLICT (pool) DO UPDATE SET state = excluded.state, updated_at_ms = excluded.updated_at_ms').run(pool, state, Date.now()),
+    );
+  }
+
   async listAgents(): Promise<AgentRecord[]> {
     return this.guard(() => (this.stmt('SELECT * FROM agents ORDER BY id').all() as Row[]).map(agentFromRow));
   }

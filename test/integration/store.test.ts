@@ -342,6 +342,16 @@ function storeContract(backend: Backend): void {
       assert.equal((await s.listAgents()).length, 2);
     });
 
+    it('keeps provisioner state per pool, replacing it on put', async () => {
+      const s = await open();
+      assert.equal(await s.getProvisionerState('gpu'), undefined);
+      await s.putProvisionerState('gpu', '{"instances":[]}');
+      await s.putProvisionerState('cpu', '{"v":"ünï"}');
+      await s.putProvisionerState('gpu', '{"instances":[{"id":"i-1"}]}');
+      assert.equal(await s.getProvisionerState('gpu'), '{"instances":[{"id":"i-1"}]}');
+      assert.equal(await s.getProvisionerState('cpu'), '{"v":"ünï"}');
+    });
+
     it('appendTrialLogs numbers lines 1..n without gaps, across calls and per trial', async () => {
       const s = await open();
       const { trialIds: [t1, t2] } = await seed(s);
