@@ -11,7 +11,7 @@ import { ContainerManager } from './containers/manager';
 import { detectDevices } from './detect/devices';
 import { ec2ConfigLayer } from './ec2/config-source';
 import { ImdsClient } from './ec2/imds';
-import { spotInterruptionMessage, watchSpotInterruption } from './ec2/spot-watcher';
+import { forwardSpotInterruption } from './ec2/spot-watcher';
 import { DEFAULT_AGENT_CONFIG_FILE, loadAgentOptions, type AgentOptions } from './options';
 import { Outbox } from './session/outbox';
 import { AgentSession } from './session/session';
@@ -110,17 +110,7 @@ export async function main(argv: string[]): Promise<number> {
       onShutdown: () => controller.abort(new Error('master requested shutdown')),
     });
     const sessionDone = session.run(controller.signal);
-    const spotDone = imds
-      ? watchSpotInterruption({
-          imds,
-          log: log.child('spot'),
-          signal: controller.signal,
-          onNotice: (notice) => {
-            log.warn(`spot interruption notice: EC2 will ${notice.action} this instance at ${new Date(notice.timeMs).toISOString()}; telling the master`);
-            void outbox.send(spotInterruptionMessage(notice));
-          },
-        })
-      : undefined;
+    const spotDone = imds ? forwardSpotInterruption({ imds, outbox, log: log.child('spot'), signal: controller.signal }) : undefined;
     await Promise.race([sessionDone, new Promise<void>((r) => controller.signal.addEventListener('abort', () => r(), { once: true }))]);
     if (!controller.signal.aborted) await sessionDone; // fatal error path rethrows below
     await manager.stopAll();

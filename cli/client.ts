@@ -14,6 +14,7 @@ import type { GetTrialResponse__Output } from '../common/proto-gen/determined/ap
 import type { KillExperimentResponse__Output } from '../common/proto-gen/determined/api/v1/KillExperimentResponse';
 import type { ListAgentsResponse__Output } from '../common/proto-gen/determined/api/v1/ListAgentsResponse';
 import type { ListExperimentsResponse__Output } from '../common/proto-gen/determined/api/v1/ListExperimentsResponse';
+import type { GetProvisionerStatusResponse__Output } from '../common/proto-gen/determined/api/v1/GetProvisionerStatusResponse';
 import type { ListResourcePoolsResponse__Output } from '../common/proto-gen/determined/api/v1/ListResourcePoolsResponse';
 import type { ListSlotsResponse__Output } from '../common/proto-gen/determined/api/v1/ListSlotsResponse';
 import type { ListTrialsResponse__Output } from '../common/proto-gen/determined/api/v1/ListTrialsResponse';
@@ -193,6 +194,9 @@ export class MasterClient {
   }
   listResourcePools(): Promise<ListResourcePoolsResponse__Output> {
     return this.unary((o, cb) => this.raw.listResourcePools({}, o, cb));
+  }
+  getProvisionerStatus(resourcePool = ''): Promise<GetProvisionerStatusResponse__Output> {
+    return this.unary((o, cb) => this.raw.getProvisionerStatus({ resourcePool }, o, cb));
   }
 
   /**

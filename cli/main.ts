@@ -9,6 +9,7 @@ import { registerAgent } from './commands/agent';
 import { registerExperiment } from './commands/experiment';
 import { registerMaster } from './commands/master';
 import { registerResourcePool } from './commands/resource-pool';
+import { registerProvisioner } from './commands/provisioner';
 import { registerSlot } from './commands/slot';
 import { registerTrial } from './commands/trial';
 import { Context, type CliIO } from './context';
@@ -47,6 +48,7 @@ export function buildProgram(ctx: Context, io: CliIO): Command {
   registerAgent(program, ctx);
   registerSlot(program, ctx);
   registerResourcePool(program, ctx);
+  registerProvisioner(program, ctx);
   registerExperiment(program, ctx);
   registerTrial(program, ctx);
   return program;

@@ -48,6 +48,9 @@ export interface AgentView {
   labels: Record<string, string>;
   registeredAtMs: number;
   lastSeenMs: number;
+  /** Cloud instance of a provisioned agent ('' for static agents). */
+  instanceId: string;
+  instanceType: string;
   slots: SlotView[];
 }
 
@@ -137,6 +140,8 @@ export function agentView(a: Agent__Output): AgentView {
     labels: { ...a.labels },
     registeredAtMs: a.registeredAtMs,
     lastSeenMs: a.lastSeenMs,
+    instanceId: a.instanceId,
+    instanceType: a.instanceType,
     slots: a.slots.map((s) => slotView(s)),
   };
 }

@@ -7,6 +7,9 @@ import { Cluster } from './cluster/cluster';
 import { DEFAULT_CONFIG_FILE, loadMasterConfig, type MasterConfig } from './config';
 import { ensureDataDir, resolveAgentToken } from './data-dir';
 import { startServer } from './server';
+import { buildProvisionedPools } from './provisioner/build';
+import { LocalProvider } from './provisioner/local/local-provider';
+import { ProvisionerService } from './provisioner/service';
 import { openStore } from './store';
 import { isPostgresUrl } from './store/index';
 
@@ -42,10 +45,24 @@ export async function main(argv: string[]): Promise<number> {
     log.info('config', { ...redactSecrets({ ...config }), agent_join_key_from: source });
     const store = await openStore(config.db);
     const cluster = await Cluster.open(store, config, log.child('cluster'));
-    const server = await startServer(cluster, { host: config.host, port: config.port, tls: config.tls, agentToken: token, facts: { clusterName: config.clusterName, startedAtMs, tls: !!config.tls } }, log.child('grpc'));
+    let provisioner: ProvisionerService | undefined;
+    const statusSource = { status: (pool: string | undefined) => provisioner?.status(pool) ?? Promise.resolve([]) };
+    const server = await startServer(
+      cluster,
+      { host: config.host, port: config.port, tls: config.tls, agentToken: token, facts: { clusterName: config.clusterName, startedAtMs, tls: !!config.tls }, provisioner: statusSource },
+      log.child('grpc'),
+    );
+    const pools = buildProvisionedPools(config, { clusterId: cluster.clusterId, masterId: cluster.masterId, port: server.port, agentToken: token }, log.child('provisioner'));
+    if (pools.size > 0) {
+      provisioner = new ProvisionerService(cluster, store, pools, log.child('provisioner'));
+      await provisioner.start();
+    }
     // Tests and `npm start` wait for this exact line.
     process.stdout.write(`det-master listening on ${config.host}:${server.port} (${config.tls ? 'TLS' : 'plaintext'}, ${store.kind}, cluster ${cluster.clusterId})\n`);
     await new Promise<void>((resolve) => controller.signal.addEventListener('abort', () => resolve(), { once: true }));
+    await provisioner?.stop();
+    // Local "instances" are processes of this host: they stop with the master. EC2 instances keep running.
+    await Promise.all([...pools.values()].map((p) => (p.provider instanceof LocalProvider ? p.provider.stopAll() : undefined)));
     cluster.disconnectAgents('the master is shutting down');
     await server.shutdown(2_000);
     await cluster.close();

@@ -8,7 +8,7 @@ import { DetError, errorMessage } from '../common/errors';
 import type { Logger } from '../common/log';
 import { agentProto, apiProto, packageDefinition } from '../common/proto/load';
 import { handleAgentConnect } from './agents/agent-link';
-import { apiHandlers, type MasterFacts } from './api/service';
+import { apiHandlers, type MasterFacts, type ProvisionerStatusSource } from './api/service';
 import type { Cluster } from './cluster/cluster';
 
 /** What the server needs. */
@@ -18,6 +18,7 @@ export interface ServerOptions {
   tls: { cert: string; key: string } | undefined;
   agentToken: string;
   facts: MasterFacts;
+  provisioner?: ProvisionerStatusSource;
 }
 
 /** A started server. */
@@ -53,7 +54,7 @@ export async function startServer(cluster: Cluster, opts: ServerOptions, log: Lo
   server.addService(agentProto().determined.agent.v1.AgentService.service, {
     Connect: (call: Parameters<typeof handleAgentConnect>[0]) => handleAgentConnect(call, { cluster, agentToken: opts.agentToken, log: log.child('agents') }),
   });
-  server.addService(apiProto().determined.api.v1.Determined.service, apiHandlers(cluster, opts.facts));
+  server.addService(apiProto().determined.api.v1.Determined.service, apiHandlers(cluster, opts.facts, opts.provisioner));
   const health = new HealthImplementation({ '': 'SERVING', 'determined.api.v1.Determined': 'SERVING', 'determined.agent.v1.AgentService': 'SERVING' });
   health.addToServer(server);
   new ReflectionService(packageDefinition()).addToServer(server);

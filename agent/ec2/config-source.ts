@@ -74,7 +74,11 @@ function writeCaCert(dir: string, pem: string): string {
     fs.chmodSync(tmp, 0o644); // the umask may have narrowed it; the CA is public
     fs.renameSync(tmp, file);
   } catch (err) {
-    fs.rmSync(tmp, { force: true });
+    try {
+      fs.rmSync(tmp, { force: true });
+    } catch {
+      // nothing was written
+    }
     const code = (err as NodeJS.ErrnoException).code ?? errorMessage(err);
     throw new DetError('DET_ERR_CONFIG_INVALID', `cannot write the master CA certificate from EC2 user data to ${file}: ${code}: run det-agent as a user that may write ${dir} (systemd: RuntimeDirectory=det-agent)`);
   }

@@ -5,6 +5,7 @@ import { sleep } from '../../common/abort';
 import { errorMessage } from '../../common/errors';
 import type { Logger } from '../../common/log';
 import type { AgentToMaster } from '../../common/types';
+import type { Outbox } from '../session/outbox';
 import type { InstanceMetadata, SpotInstanceAction } from './imds';
 
 /** Poll interval AWS recommends. */
@@ -78,4 +79,20 @@ export async function watchSpotInterruption(opts: SpotWatcherOptions): Promise<S
     }
   }
   return undefined;
+}
+
+/**
+ * What det-agent runs with --config-source ec2: watches for a notice, logs it
+ * and sends it to the master through the outbox (queued while disconnected).
+ */
+export function forwardSpotInterruption(opts: Omit<SpotWatcherOptions, 'onNotice'> & { outbox: Pick<Outbox, 'send'> }): Promise<SpotInstanceAction | undefined> {
+  const { outbox, log, ...rest } = opts;
+  return watchSpotInterruption({
+    ...rest,
+    log,
+    onNotice: (notice) => {
+      log.warn(`spot interruption notice: EC2 will ${notice.action} this instance at ${new Date(notice.timeMs).toISOString()}; telling the master`, { action: notice.action });
+      void outbox.send(spotInterruptionMessage(notice));
+    },
+  });
 }

@@ -12,8 +12,11 @@ export function usedSlots(slots: SlotView[]): number {
 /** The agent table of `det agent list`. */
 export function agentTable(agents: AgentView[], now: number): string {
   return table(
-    ['Agent ID', 'Hostname', 'Resource Pool', 'State', 'Enabled', 'Slots', 'Used Slots', 'Version', 'Last Seen'],
-    agents.map((a) => [a.id, a.hostname, a.resourcePool, a.state, a.enabled, slotSummary(a.slots.map((s) => s.type)), usedSlots(a.slots), a.version, formatAgo(a.lastSeenMs, now)]),
+    ['Agent ID', 'Instance', 'Hostname', 'Resource Pool', 'State', 'Enabled', 'Slots', 'Used Slots', 'Version', 'Last Seen'],
+    agents.map((a) => [
+      a.id, a.instanceId ? `${a.instanceId} (${a.instanceType})` : '-', a.hostname, a.resourcePool, a.state, a.enabled,
+      slotSummary(a.slots.map((s) => s.type)), usedSlots(a.slots), a.version, formatAgo(a.lastSeenMs, now),
+    ]),
   );
 }
 
@@ -57,6 +60,7 @@ export function registerAgent(program: Command, ctx: Context): void {
         keyValues([
           ['Agent ID', a.id],
           ['Hostname', a.hostname],
+          ['Instance', a.instanceId ? `${a.instanceId} (${a.instanceType})` : '-'],
           ['Address', a.address],
           ['Resource Pool', a.resourcePool],
           ['State', a.state],

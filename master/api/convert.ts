@@ -40,6 +40,7 @@ export function agentToProto(a: AgentEntry, trialOf: (allocationId: string) => n
   return {
     id: a.id, version: a.version, resourcePool: a.pool, state: a.channel ? 'AGENT_STATE_CONNECTED' : 'AGENT_STATE_DISCONNECTED', enabled: a.enabled,
     slots: slotsToProto(a, trialOf), hostname: a.hostname, labels: a.labels, registeredAtMs: a.registeredAtMs, lastSeenMs: a.lastSeenMs, address: a.channel?.address ?? '',
+    instanceId: a.instanceId, instanceType: a.instanceType,
   };
 }
 

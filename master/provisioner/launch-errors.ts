@@ -59,11 +59,11 @@ export function onLaunchFailure(
   now: number,
   random: () => number = Math.random,
 ): LaunchMemory {
-  const stillFailed = memory.failedOfferings.filter((f) => f.untilMs > now && !sameOffering(f, offering)).map((f) => ({ ...f }));
+  const stillFailed = memory.failedOfferings.filter((f) => f.untilMs > now).map((f) => ({ ...f }));
   const lastError = { atMs: now, kind: err.kind, code: err.code, message: err.message, instanceType: offering.instanceType, subnetId: offering.subnetId };
   if (err.kind === 'capacity') {
     return {
-      failedOfferings: [...stillFailed, { instanceType: offering.instanceType, subnetId: offering.subnetId, spot: offering.spot, untilMs: now + CAPACITY_RETRY_MS }],
+      failedOfferings: [...stillFailed.filter((f) => !sameOffering(f, offering)), { instanceType: offering.instanceType, subnetId: offering.subnetId, spot: offering.spot, untilMs: now + CAPACITY_RETRY_MS }],
       consecutiveFailures: memory.consecutiveFailures,
       nextLaunchAtMs: memory.nextLaunchAtMs,
       lastError,

@@ -139,6 +139,11 @@ export interface Store {
   /** Highest stored sequence of a trial's log (0 when empty). */
   lastTrialLogSequence(trialId: number): Promise<number>;
 
+  /** The provisioner's persisted state of a pool (JSON text), if any. */
+  getProvisionerState(pool: string): Promise<string | undefined>;
+  /** Replaces the provisioner's persisted state of a pool. */
+  putProvisionerState(pool: string, state: string): Promise<void>;
+
   /** Closes connections; further calls reject with DET_ERR_SHUTTING_DOWN. Calling twice is harmless. */
   close(): Promise<void>;
 }

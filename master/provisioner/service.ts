@@ -1,0 +1,253 @@
+// Runs the scale decider for every pool that has a provider: builds snapshots
+// from the cluster, applies plans through the provider, and persists what it
+// tracks (instances, launch-error memory, instance-hours) so a restarted
+// master keeps its timers and instances. Event-driven (cluster 'changed'
+// events) plus a periodic pass for timers.
+import { randomUUID } from 'node:crypto';
+import { errorMessage } from '../../common/errors';
+import type { Logger } from '../../common/log';
+import type { ProvisionerPool } from '../../common/proto-gen/determined/api/v1/ProvisionerPool';
+import type { ProvisionerStatusSource } from '../api/service';
+import type { Cluster } from '../cluster/cluster';
+import type { Store } from '../store/store';
+import { decide } from './decider';
+import { emptyLaunchMemory, onLaunchFailure, onLaunchSuccess } from './launch-errors';
+import { LaunchError, type InstanceInfo, type InstanceView, type LaunchMemory, type PoolScaling, type Provider } from './types';
+
+/** A pool the service provisions. */
+export interface ProvisionedPool {
+  scaling: PoolScaling;
+  provider: Provider;
+}
+
+/** An instance the service launched, with its accounting. */
+interface TrackedInstance extends InstanceInfo {
+  /** Instance-hours are counted up to here. */
+  accountedUntilMs: number;
+}
+
+/** What is persisted per pool. */
+interface PoolState {
+  instances: TrackedInstance[];
+  memory: LaunchMemory;
+  instanceHours: number;
+  /** Seed of the next launch's client token. */
+  launches: number;
+  /** Token prefix, stable per pool across restarts. */
+  tokenPrefix: string;
+}
+
+/** How often the periodic pass runs (idle/starting timers, provider refresh). */
+export const DEFAULT_TICK_MS = 10_000;
+
+interface PoolRuntime {
+  name: string;
+  scaling: PoolScaling;
+  provider: Provider;
+  state: PoolState;
+  running: Promise<void> | undefined;
+  again: boolean;
+  listedAtMs: number;
+}
+
+/** The provisioner of all provisioned pools. */
+export class ProvisionerService implements ProvisionerStatusSource {
+  private readonly pools = new Map<string, PoolRuntime>();
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  private readonly onChanged = (pool: string) => this.requestPass(pool);
+
+  constructor(
+    private readonly cluster: Cluster,
+    private readonly store: Store,
+    pools: Map<string, ProvisionedPool>,
+    private readonly log: Logger,
+    private readonly tickMs = DEFAULT_TICK_MS,
+  ) {
+    for (const [name, p] of pools) {
+      this.pools.set(name, { name, scaling: p.scaling, provider: p.provider, running: undefined, again: false, listedAtMs: 0, state: freshState() });
+    }
+  }
+
+  /** Loads persisted state, reconciles with the providers, and starts reacting. */
+  async start(): Promise<void> {
+    for (const p of this.pools.values()) {
+      const saved = await this.store.getProvisionerState(p.name);
+      if (saved) p.state = { ...freshState(), ...(JSON.parse(saved) as PoolState) };
+      await this.refresh(p);
+      this.log.info('provisioner started', { pool: p.name, provider: p.provider.type, instances: p.state.instances.length, min: p.scaling.minInstances, max: p.scaling.maxInstances });
+    }
+    this.cluster.events.on('changed', this.onChanged);
+    this.timer = setInterval(() => {
+      for (const name of this.pools.keys()) this.requestPass(name);
+    }, this.tickMs);
+    this.timer.unref();
+    for (const name of this.pools.keys()) this.requestPass(name);
+  }
+
+  /** Stops reacting; waits for passes in flight. Instances keep running. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    this.cluster.events.off('changed', this.onChanged);
+    await Promise.all([...this.pools.values()].map((p) => p.running));
+  }
+
+  /** Runs a pass for a pool now, or right after the one in flight. */
+  requestPass(pool: string): void {
+    const p = this.pools.get(pool);
+    if (!p || this.stopped) return;
+    if (p.running) {
+      p.again = true;
+      return;
+    }
+    p.running = (async () => {
+      do {
+        p.again = false;
+        try {
+          await this.pass(p);
+        } catch (err) {
+          this.log.error('provisioner pass failed', { pool, err: errorMessage(err) });
+        }
+      } while (p.again && !this.stopped);
+      p.running = undefined;
+    })();
+  }
+
+  /** Waits until no pass is running for the pool (tests). */
+  async idle(pool: string): Promise<void> {
+    while (this.pools.get(pool)?.running) await this.pools.get(pool)!.running;
+  }
+
+  /** Syncs tracked instances with what the provider reports. */
+  private async refresh(p: PoolRuntime): Promise<void> {
+    const now = Date.now();
+    const listed = new Map((await p.provider.list(p.name)).map((i) => [i.id, i]));
+    const kept: TrackedInstance[] = [];
+    for (const t of p.state.instances) {
+      const l = listed.get(t.id);
+      if (!l) {
+        this.account(p, t, now);
+        this.log.info('instance gone', { pool: p.name, instance: t.id });
+        continue;
+      }
+      kept.push({ ...t, state: l.state });
+      listed.delete(t.id);
+    }
+    // Instances of ours the state does not know (e.g. launched just before a crash): track them.
+    for (const l of listed.values()) {
+      this.log.warn('tracking an instance of this pool found at the provider', { pool: p.name, instance: l.id });
+      kept.push({ ...l, accountedUntilMs: now });
+    }
+    p.state.instances = kept;
+    p.listedAtMs = now;
+  }
+
+  private account(p: PoolRuntime, t: TrackedInstance, untilMs: number): void {
+    if (untilMs > t.accountedUntilMs) p.state.instanceHours += (untilMs - t.accountedUntilMs) / 3_600_000;
+    t.accountedUntilMs = Math.max(t.accountedUntilMs, untilMs);
+  }
+
+  private view(p: PoolRuntime, t: TrackedInstance): InstanceView {
+    const agent = this.cluster.agents.get(t.id);
+    const offering = p.scaling.instanceTypes.find((o) => o.instanceType === t.instanceType);
+    const slots = agent ? agent.devices.length : offering?.slots ?? 0;
+    const free = agent ? agent.devices.filter((d) => !agent.usedSlots.has(d.id)).length : slots;
+    return {
+      id: t.id,
+      instanceType: t.instanceType,
+      subnetId: t.subnetId,
+      state: t.state,
+      launchedAtMs: t.launchedAtMs,
+      agentEverConnected: agent !== undefined,
+      agentConnected: agent?.channel !== undefined,
+      disconnectedSinceMs: agent && !agent.channel ? agent.disconnectedSinceMs : null,
+      agentDisabled: agent ? !agent.enabled : false,
+      runningTasks: this.cluster.runningTasksOn(t.id),
+      idleSinceMs: agent?.channel ? agent.idleSinceMs : null,
+      slots,
+      freeSlots: agent && !agent.enabled ? 0 : free,
+    };
+  }
+
+  private async pass(p: PoolRuntime): Promise<void> {
+    if (Date.now() - p.listedAtMs >= this.tickMs) await this.refresh(p);
+    const now = Date.now();
+    for (const t of p.state.instances) this.account(p, t, now);
+    const plan = decide({ nowMs: now, pool: p.scaling, instances: p.state.instances.map((t) => this.view(p, t)), pending: this.cluster.pendingTasks(p.name), memory: p.state.memory });
+
+    for (const u of plan.unschedulable) await this.cluster.setWaitingReason(Number(u.taskId), u.reason);
+    for (const d of plan.disable) {
+      if (this.cluster.agents.get(d.id)) await this.cluster.setAgentEnabled(d.id, false, d.reason);
+    }
+    for (const t of plan.terminate) {
+      // Re-check against the live cluster: a node running a task is never terminated.
+      const busy = this.cluster.runningTasksOn(t.id);
+      if (busy > 0) {
+        this.log.warn('not terminating a busy instance', { pool: p.name, instance: t.id, tasks: busy, reason: t.reason });
+        continue;
+      }
+      this.log.info('terminating instance', { pool: p.name, instance: t.id, reason: t.reason });
+      await p.provider.terminate([t.id]);
+      const tracked = p.state.instances.find((i) => i.id === t.id);
+      if (tracked) {
+        this.account(p, tracked, Date.now());
+        p.state.instances = p.state.instances.filter((i) => i.id !== t.id);
+      }
+    }
+    let retry = false;
+    for (const l of plan.launch) {
+      const offering = { instanceType: l.instanceType, subnetId: l.subnetId, spot: l.spot };
+      const clientToken = `${p.state.tokenPrefix}-${p.state.launches++}`;
+      try {
+        this.log.info('launching instances', { pool: p.name, count: l.count, type: l.instanceType, subnet: l.subnetId || undefined, spot: l.spot });
+        const launched = await p.provider.launch({ pool: p.name, ...offering, count: l.count, clientToken });
+        const at = Date.now();
+        p.state.instances.push(...launched.map((i) => ({ ...i, accountedUntilMs: at })));
+        p.state.memory = onLaunchSuccess(p.state.memory, offering, at);
+      } catch (err) {
+        const e = err instanceof LaunchError ? err : new LaunchError('other', 'Error', errorMessage(err));
+        p.state.memory = onLaunchFailure(p.state.memory, { kind: e.kind, code: e.code, message: e.message }, offering, Date.now());
+        this.log.warn('launch failed', { pool: p.name, type: l.instanceType, subnet: l.subnetId || undefined, spot: l.spot, kind: e.kind, code: e.code, error: e.message });
+        // Capacity errors fall back to the next offering at once; the memory prevents storms.
+        if (e.kind === 'capacity') retry = true;
+        break;
+      }
+    }
+    await this.store.putProvisionerState(p.name, JSON.stringify(p.state));
+    if (retry) p.again = true;
+  }
+
+  /** Status for `det provisioner status`. */
+  async status(pool: string | undefined): Promise<ProvisionerPool[]> {
+    const now = Date.now();
+    return [...this.pools.values()]
+      .filter((p) => !pool || p.name === pool)
+      .map((p) => {
+        const demand = this.cluster.pendingTasks(p.name).reduce((n, t) => n + t.slots, 0);
+        const err = p.state.memory.lastError;
+        const hours = p.state.instanceHours + p.state.instances.reduce((h, t) => h + Math.max(0, now - t.accountedUntilMs) / 3_600_000, 0);
+        return {
+          resourcePool: p.name,
+          provider: p.provider.type,
+          minInstances: p.scaling.minInstances,
+          maxInstances: p.scaling.maxInstances,
+          instances: p.state.instances.map((t) => {
+            const v = this.view(p, t);
+            return {
+              id: t.id, instanceType: t.instanceType, subnetId: t.subnetId, state: t.state, launchedAtMs: t.launchedAtMs, agentConnected: v.agentConnected,
+              runningTasks: v.runningTasks, idleSinceMs: v.idleSinceMs ?? 0, spot: t.spot, disabled: v.agentDisabled,
+            };
+          }),
+          lastError: err ? { atMs: err.atMs, kind: err.kind, code: err.code, message: err.message, instanceType: err.instanceType, subnetId: err.subnetId } : null,
+          nextLaunchAllowedAtMs: p.state.memory.nextLaunchAtMs > now ? p.state.memory.nextLaunchAtMs : 0,
+          pendingSlots: demand,
+          instanceHours: hours,
+        };
+      });
+  }
+}
+
+function freshState(): PoolState {
+  return { instances: [], memory: emptyLaunchMemory(), instanceHours: 0, launches: 0, tokenPrefix: randomUUID().slice(0, 18) };
+}
