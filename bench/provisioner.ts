@@ -73,8 +73,8 @@ function percentile(xs: number[], p: number): number {
 function main(): void {
   const opts = parseOptions(process.argv.slice(2));
   const mid = (opts.hours * 3_600_000) / 2;
-  // A 12-trial search submitted one minute into the outage, so that the outage is met with demand.
-  const burst = { atMs: mid + MIN, jobs: 12, slots: 1 };
+  // A 16-trial search (2 slots each) submitted one minute into the outage, so that the outage is met with demand.
+  const burst = { atMs: mid + MIN, jobs: 16, slots: 2 };
   const trace = generateTrace({ ...DEFAULT_TRACE, seed: opts.seed, jobsPerHour: opts.jobsPerHour, hours: opts.hours, burst });
   const sim: SimOptions = { pool: BENCH_POOL, bootMinMs: 75_000, bootMaxMs: 105_000, outage: { startMs: mid, endMs: mid + 10 * MIN }, tickMs: 10_000, seed: opts.seed + 1, placement: opts.placement };
   const r = simulate(trace, sim);

@@ -210,6 +210,8 @@ describe('EC2 provider against the fake EC2 Query API', function () {
       assert.deepEqual(second.map((i) => i.id).sort(), first.map((i) => i.id).sort());
       await p.launch(launchRequest({ count: 2 }));
       assert.equal(fake.instances().length, 4, 'a new token launches again');
+      const mismatch = await launchError(p.launch({ ...req, count: 3 }));
+      assert.deepEqual([mismatch.kind, mismatch.code], ['other', 'IdempotentParameterMismatch']);
     });
 
     it('classifies a capacity shortage of one type as capacity (other types still launch)', async () => {

@@ -151,8 +151,8 @@ describe('det CLI', () => {
       assert.equal(r.code, 0, r.stderr);
       const lines = r.stdout.trimEnd().split('\n');
       assert.equal(lines.length, 4);
-      assert.match(lines[0], /Agent ID +\| Hostname +\| Resource Pool \| State +\| Enabled \| Slots +\| Used Slots \| Version \| Last Seen/);
-      assert.match(lines[2], /agent-gpu +\| ip-10-0-0-1 \| default +\| CONNECTED +\| true +\| 8 cuda \| +2 \| 0\.1\.0 +\| 1m 40s ago/);
+      assert.match(lines[0], /Agent ID +\| Instance +\| Hostname +\| Resource Pool \| State +\| Enabled \| Slots +\| Used Slots \| Version \| Last Seen/);
+      assert.match(lines[2], /agent-gpu +\| - +\| ip-10-0-0-1 \| default +\| CONNECTED +\| true +\| 8 cuda \| +2 \| 0\.1\.0 +\| 1m 40s ago/);
       assert.match(lines[3], /agent-cpu .*\| DISCONNECTED \| false +\| 2 cpu +\| +0 \|/);
       const j = await det([...m, 'agent', 'list', '--json']);
       const agents = JSON.parse(j.stdout);

@@ -104,7 +104,7 @@ describe('config pipeline', () => {
           clusterName: 'determined',
           agentToken: undefined,
           tls: undefined,
-          resourcePools: [{ name: 'default', description: '' }],
+          resourcePools: [{ name: 'default', description: '', provider: undefined }],
           defaultResourcePool: 'default',
           agentReconnectGraceMs: 30_000,
           logLevel: 'info',
