@@ -13,6 +13,30 @@ const DATA_DIR = path.resolve(process.env.DET_DATA_DIR ?? path.join(ROOT, '.det'
 const PORT = Number(process.env.DET_PORT ?? 8080);
 const HOST = process.env.DET_HOST ?? '127.0.0.1';
 const SOCKET = process.env.DOCKER_HOST?.startsWith('unix://') ? process.env.DOCKER_HOST.slice('unix://'.length) : process.env.DET_DOCKER_SOCKET ?? '/var/run/docker.sock';
+/** `npm start -- --dynamic`: no static agent; the master launches local agents on demand and stops idle ones. */
+const DYNAMIC = process.argv.includes('--dynamic');
+
+/** Master config of the dynamic mode: one pool whose "instances" are local det-agent processes. */
+function dynamicConfig(): string {
+  const file = path.join(DATA_DIR, 'master-dynamic.yaml');
+  fs.writeFileSync(
+    file,
+    [
+      '# Written by `npm start -- --dynamic`: agents are launched on demand as local processes.',
+      'resource_pools:',
+      '  - pool_name: default',
+      '    provider:',
+      '      type: local',
+      '      slots_per_instance: 1',
+      '      max_instances: 3',
+      '      max_idle_agent_period: 30s',
+      '      max_agent_starting_period: 2m',
+      `      docker_socket: ${SOCKET}`,
+      '',
+    ].join('\n'),
+  );
+  return file;
+}
 
 function say(line: string): void {
   process.stdout.write(line + '\n');
@@ -76,8 +100,31 @@ async function main(): Promise<number> {
   process.on('SIGTERM', () => void stop(0));
 
   try {
-    const master = await startProcess('det-master', ['--host', HOST, '--port', String(PORT), '--data-dir', DATA_DIR], process.env, /^det-master listening on /, masterLog);
+    const masterArgs = ['--host', HOST, '--port', String(PORT), '--data-dir', DATA_DIR, ...(DYNAMIC ? ['--config-file', dynamicConfig()] : [])];
+    const master = await startProcess('det-master', masterArgs, process.env, /^det-master listening on /, masterLog);
     children.push(master.child);
+    if (DYNAMIC) {
+      say('');
+      say('Local Determined cluster is running with dynamic agents.');
+      say(`  master    ${master.line.replace('det-master listening on ', '')}`);
+      say(`  agents    none yet: the master starts up to 3 local det-agent processes when work is queued,`);
+      say(`            and stops each after 30s idle (logs in ${path.join(DATA_DIR, 'provisioner')})`);
+      say(`  docker    ${SOCKET}`);
+      say(`  data dir  ${DATA_DIR}`);
+      say(`  logs      ${masterLog}`);
+      say('');
+      say('Try:');
+      say('  npx det experiment create examples/hello/grid.yaml --follow');
+      say('  npx det provisioner status        # instances, their agents, idle time');
+      say('');
+      say('Stop with Ctrl-C.');
+      master.child.on('exit', (code) => {
+        if (stopping) return;
+        say(`npm start: det-master exited unexpectedly (code ${code}); last lines of its log:\n${tail(masterLog)}`);
+        void stop(1);
+      });
+      return await new Promise<number>(() => undefined);
+    }
     const token = fs.readFileSync(path.join(DATA_DIR, 'agent_token'), 'utf8').trim();
     const agentEnv = { ...process.env, DET_AGENT_TOKEN: process.env.DET_AGENT_TOKEN ?? token };
     const agent = await startProcess('det-agent', ['--master-host', HOST, '--master-port', String(PORT), '--docker-socket', SOCKET], agentEnv, /^det-agent .* registered with master/, agentLog);

@@ -46,7 +46,7 @@ export function buildProvisionedPools(config: MasterConfig, master: MasterEndpoi
     }
     const masterHost = p.master_host ?? config.host;
     if (/^(127\.|localhost$|0\.0\.0\.0$|::1?$)/.test(masterHost)) {
-      throw new DetError('DET_ERR_CONFIG_INVALID', `resource_pools.${pool.name}.provider.master_host: EC2 agents cannot reach the master at ${masterHost}; set master_host to the master's address in the VPC`);
+      log.warn(`resource_pools.${pool.name}.provider.master_host is ${masterHost}: agents on EC2 instances cannot reach that; set master_host to the master's address in the VPC`);
     }
     // Agents trust master_ca_cert, else the master's own certificate (self-signed or its chain).
     const caFile = p.master_ca_cert ?? config.tls?.cert;
@@ -69,6 +69,7 @@ export function buildProvisionedPools(config: MasterConfig, master: MasterEndpoi
       iamInstanceProfileArn: p.iam_instance_profile_arn,
       keyName: p.key_name,
       rootVolumeSizeGb: p.root_volume_size_gb,
+      rootDeviceName: p.root_device_name,
       tags: p.tags,
       spotMaxPrice: p.spot_max_price,
       bootConfig: {

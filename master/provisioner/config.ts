@@ -52,6 +52,8 @@ export const providerSchema = z.discriminatedUnion('type', [
       iam_instance_profile_arn: z.string().startsWith('arn:', 'must be an ARN').optional(),
       key_name: z.string().min(1).optional(),
       root_volume_size_gb: z.number().int().min(8).optional(),
+      /** Root device of the AMI, to resize it (Ubuntu: /dev/sda1; default /dev/xvda). */
+      root_device_name: z.string().startsWith('/dev/').optional(),
       spot: z.boolean().default(false),
       spot_only: z.boolean().default(false),
       spot_max_price: z.string().regex(/^\d+(\.\d+)?$/, 'a price in USD like "1.20"').optional(),

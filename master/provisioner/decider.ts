@@ -100,12 +100,12 @@ export function decide(s: ScaleSnapshot): ScalePlan {
   }
 
   // 3. Launches.
-  if (now >= s.memory.nextLaunchAtMs) plan.launch = launches(s, live, terminating, unmet);
+  plan.launch = launches(s, live, terminating, unmet);
 
   // 4. Idle agents, above min_instances: disable, then (next decision) terminate.
   let spare = live.filter((i) => !terminating.has(i.id)).length - pool.minInstances;
   const idle = live
-    .filter((i) => !terminating.has(i.id) && isIdleCandidate(i))
+    .filter((i) => !terminating.has(i.id) && isIdleCandidate(i) && !needed.has(i.id))
     // Agents already disabled first (finish what was started), then longest idle first.
     .sort((a, b) => Number(b.agentDisabled) - Number(a.agentDisabled) || idleFor(b) - idleFor(a) || byId(a, b));
   for (const i of idle) {
