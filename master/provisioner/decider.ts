@@ -100,7 +100,7 @@ export function decide(s: ScaleSnapshot): ScalePlan {
   }
 
   // 3. Launches.
-  plan.launch = launches(s, live, terminating, unmet);
+  if (now >= s.memory.nextLaunchAtMs) plan.launch = launches(s, live, terminating, unmet);
 
   // 4. Idle agents, above min_instances: disable, then (next decision) terminate.
   let spare = live.filter((i) => !terminating.has(i.id)).length - pool.minInstances;

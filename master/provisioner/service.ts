@@ -240,12 +240,28 @@ export class ProvisionerService implements ProvisionerStatusSource {
             };
           }),
           lastError: err ? { atMs: err.atMs, kind: err.kind, code: err.code, message: err.message, instanceType: err.instanceType, subnetId: err.subnetId } : null,
-          nextLaunchAllowedAtMs: p.state.memory.nextLaunchAtMs > now ? p.state.memory.nextLaunchAtMs : 0,
+          nextLaunchAllowedAtMs: nextLaunchAllowedAt(p.scaling, p.state.memory, now),
           pendingSlots: demand,
           instanceHours: hours,
         };
       });
   }
+}
+
+/** When a launch may happen next: after the backoff, and — if every offering is out of capacity — when the first is retried. 0 = now. */
+export function nextLaunchAllowedAt(scaling: PoolScaling, memory: LaunchMemory, now: number): number {
+  const markets = scaling.spot ? (scaling.spotOnly ? [true] : [true, false]) : [false];
+  let earliestRetry = Infinity;
+  for (const o of scaling.instanceTypes) {
+    for (const subnetId of scaling.subnetIds) {
+      for (const spot of markets) {
+        const failed = memory.failedOfferings.find((f) => f.instanceType === o.instanceType && f.subnetId === subnetId && f.spot === spot && f.untilMs > now);
+        if (!failed) return memory.nextLaunchAtMs > now ? memory.nextLaunchAtMs : 0;
+        earliestRetry = Math.min(earliestRetry, failed.untilMs);
+      }
+    }
+  }
+  return Math.max(memory.nextLaunchAtMs, earliestRetry);
 }
 
 function freshState(): PoolState {
