@@ -109,13 +109,22 @@ export async function main(argv: string[]): Promise<number> {
       },
       onShutdown: () => controller.abort(new Error('master requested shutdown')),
     });
-    const sessionDone = session.run(controller.signal);
+    // The session has its own signal: on shutdown the containers are stopped first, while the
+    // stream still carries their last lines and exit states to the master, then the session ends.
+    const sessionController = new AbortController();
+    let fatal: unknown;
+    const sessionDone = session.run(sessionController.signal).catch((err) => {
+      fatal = err;
+    });
     const spotDone = imds ? forwardSpotInterruption({ imds, outbox, log: log.child('spot'), signal: controller.signal }) : undefined;
     await Promise.race([sessionDone, new Promise<void>((r) => controller.signal.addEventListener('abort', () => r(), { once: true }))]);
-    if (!controller.signal.aborted) await sessionDone; // fatal error path rethrows below
+    controller.abort(fatal ?? new Error('shutting down'));
     await manager.stopAll();
-    await sessionDone.catch(() => undefined);
+    if (!fatal) await outbox.flushed(SHUTDOWN_FLUSH_MS);
+    sessionController.abort(new Error('agent shutting down'));
+    await sessionDone;
     await spotDone;
+    if (fatal) return fail(fatal);
     log.info('stopped');
     return 0;
   } catch (err) {
@@ -123,6 +132,9 @@ export async function main(argv: string[]): Promise<number> {
     return fail(err);
   }
 }
+
+/** How long a stopping agent waits for its last messages to reach the master. */
+const SHUTDOWN_FLUSH_MS = 10_000;
 
 function fail(err: unknown): number {
   return exitCodeFor('det-agent', err);

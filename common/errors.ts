@@ -19,6 +19,7 @@ export const ERRORS = {
   DET_ERR_INVALID_ARGUMENT: { grpc: GrpcStatus.INVALID_ARGUMENT, retryable: false, description: 'A request argument is missing or malformed.' },
   DET_ERR_UNAUTHENTICATED: { grpc: GrpcStatus.UNAUTHENTICATED, retryable: false, description: 'An agent presented a missing or wrong cluster join token.' },
   DET_ERR_AGENT_ID_IN_USE: { grpc: GrpcStatus.ALREADY_EXISTS, retryable: true, description: 'Another connected agent already uses this agent id.' },
+  DET_ERR_HEARTBEAT_TIMEOUT: { grpc: GrpcStatus.UNAVAILABLE, retryable: true, description: 'An agent sent nothing within its heartbeat TTL (or no Register in time); it should reconnect.' },
   DET_ERR_PROTOCOL: { grpc: GrpcStatus.FAILED_PRECONDITION, retryable: false, description: 'A peer broke the agent protocol (e.g. did not register first).' },
   DET_ERR_MASTER_UNREACHABLE: { grpc: GrpcStatus.UNAVAILABLE, retryable: true, description: 'The master cannot be reached at the configured address.' },
   DET_ERR_DOCKER_UNREACHABLE: { grpc: GrpcStatus.UNAVAILABLE, retryable: true, description: 'The Docker daemon cannot be reached on its socket.' },

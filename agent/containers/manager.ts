@@ -19,6 +19,10 @@ interface Tracked {
   sentSeq: number;
   /** When TERMINATED was handed to a stream. */
   reportedAtMs: number;
+  /** The last state (and exit) handed to a stream: what Register reports, so a reconnecting
+   * master hears the outcome only after the log lines queued before it. */
+  sentState: ContainerState;
+  sentExit: ExitInfo | undefined;
   done: Promise<void>;
 }
 
@@ -54,7 +58,7 @@ export class ContainerManager {
 
   /** What to report in Register. */
   reports(): ContainerReport[] {
-    return [...this.tracked.entries()].map(([allocationId, t]) => ({ allocationId, containerId: t.containerId, state: t.state, lastLogSequence: t.sentSeq, exit: t.exit }));
+    return [...this.tracked.entries()].map(([allocationId, t]) => ({ allocationId, containerId: t.containerId, state: t.sentState, lastLogSequence: t.sentSeq, exit: t.sentExit }));
   }
 
   /** Starts an allocation; a repeated start of a known allocation is ignored. */
@@ -63,7 +67,7 @@ export class ContainerManager {
       this.log.warn('start for an allocation already known; ignored', { allocation: spec.allocationId });
       return;
     }
-    const t: Tracked = { spec, state: 'PULLING', containerId: '', exit: undefined, seq: 0, sentSeq: 0, reportedAtMs: 0, done: Promise.resolve() };
+    const t: Tracked = { spec, state: 'PULLING', containerId: '', exit: undefined, seq: 0, sentSeq: 0, reportedAtMs: 0, sentState: 'PULLING', sentExit: undefined, done: Promise.resolve() };
     this.tracked.set(spec.allocationId, t);
     this.log.info('starting task container', { allocation: spec.allocationId, image: spec.image, devices: spec.deviceIds });
     t.done = this.execute(spec.allocationId, t);
@@ -77,7 +81,11 @@ export class ContainerManager {
         if (containerId) t.containerId = containerId;
         if (exit) t.exit = exit;
         const delivered = this.outbox.send({ kind: 'containerState', allocationId, containerId: t.containerId, state, exit });
-        if (state === 'TERMINATED') void delivered.then(() => (t.reportedAtMs = Date.now()));
+        void delivered.then(() => {
+          t.sentState = state;
+          if (exit) t.sentExit = exit;
+          if (state === 'TERMINATED') t.reportedAtMs = Date.now();
+        });
       },
       logs: (lines: RuntimeLogLine[]) => {
         const numbered: LogLine[] = lines.map((l) => ({ ...l, sequence: ++t.seq }));

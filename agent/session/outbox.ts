@@ -46,6 +46,12 @@ export class Outbox {
     });
   }
 
+  /** Resolves once every queued message has been handed to a stream, or after `timeoutMs`. */
+  async flushed(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.queue.length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  }
+
   /** Writes directly when connected (heartbeats); dropped otherwise. */
   sendIfConnected(msg: AgentToMaster): void {
     if (this.stream && this.queue.length === 0) this.stream.write(msg);

@@ -157,7 +157,18 @@ export class AgentSession {
             }, info.heartbeatIntervalMs);
             this.outbox.attach({
               write: (m) => (closed ? true : call.write(agentMessageToProto(m))),
-              drained: () => new Promise<void>((r) => (closed ? r() : (call.once('drain', r), closeWaiters.push(r)))),
+              drained: () =>
+                new Promise<void>((r) => {
+                  if (closed) return r();
+                  const done = () => {
+                    call.off('drain', done);
+                    const i = closeWaiters.indexOf(done);
+                    if (i >= 0) closeWaiters.splice(i, 1);
+                    r();
+                  };
+                  call.once('drain', done);
+                  closeWaiters.push(done);
+                }),
             });
             this.hooks.onRegistered?.(info);
             return;

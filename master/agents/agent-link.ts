@@ -61,7 +61,7 @@ export function handleAgentConnect(call: ConnectCall, deps: { cluster: Cluster; 
     if (ttlTimer) clearTimeout(ttlTimer);
     ttlTimer = setTimeout(() => {
       log.warn(agentId ? 'agent missed its heartbeat TTL' : 'agent did not register in time', { agent: agentId, peer, ttl_ms: ttlMs });
-      finish(new DetError('DET_ERR_PROTOCOL', agentId ? `no message within the heartbeat TTL (${ttlMs} ms)` : 'no Register message in time'));
+      finish(new DetError('DET_ERR_HEARTBEAT_TIMEOUT', agentId ? `no message within the heartbeat TTL (${ttlMs} ms)` : 'no Register message in time'));
     }, ttlMs);
     ttlTimer.unref();
   };
@@ -86,7 +86,7 @@ export function handleAgentConnect(call: ConnectCall, deps: { cluster: Cluster; 
   armTtl();
   call.on('data', (raw: AgentMessage__Output) => {
     if (ended) return;
-    armTtl();
+    if (early === undefined) armTtl();
     let msg;
     try {
       msg = agentMessageFromProto(raw);
@@ -100,9 +100,11 @@ export function handleAgentConnect(call: ConnectCall, deps: { cluster: Cluster; 
       if (!msg.register.agentId) return finish(new DetError('DET_ERR_PROTOCOL', 'Register needs a non-empty agent_id'));
       const id = msg.register.agentId;
       early = [];
+      // Register arrived: however long the master takes to process it, this agent is not late.
+      if (ttlTimer) clearTimeout(ttlTimer);
       cluster.registerAgent(msg.register, channel).then(
         ({ registered, commands }) => {
-          if (ended) return void cluster.agentDisconnected(id, channel, 'stream closed during registration');
+          if (ended) return void cluster.agentDisconnected(id, channel, 'stream closed during registration').catch(() => undefined);
           agentId = id;
           ttlMs = registered.heartbeatTtlMs;
           armTtl();

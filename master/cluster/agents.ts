@@ -84,10 +84,12 @@ export class AgentTable {
   }
 
   /** Restores an agent known from the store (not connected). */
-  restore(rec: AgentRecord): AgentEntry {
+  restore(rec: AgentRecord, nowMs: number): AgentEntry {
     const entry: AgentEntry = {
       ...rec, pool: rec.resourcePool, channel: undefined, usedSlots: new Map(), graceTimer: undefined,
-      instanceId: rec.labels['det:instance-id'] ?? '', instanceType: rec.labels['det:instance-type'] ?? '', idleSinceMs: null, disconnectedSinceMs: rec.lastSeenMs, disabledReason: '',
+      instanceId: rec.labels['det:instance-id'] ?? '', instanceType: rec.labels['det:instance-type'] ?? '', idleSinceMs: null,
+      // The stored last-seen time is stale after a crash: the disconnected clock starts now, when the master does.
+      disconnectedSinceMs: nowMs, disabledReason: '',
     };
     this.agents.set(entry.id, entry);
     return entry;

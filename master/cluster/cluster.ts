@@ -32,6 +32,10 @@ interface LiveTrial {
   killRequested: boolean;
   /** Number of allocations made so far; the next allocation id's suffix. */
   attempts: number;
+  /** Why the last attempt ended (restart, requeue), kept in front of any waiting reason until reassigned. */
+  note: string;
+  /** Set by the provisioner when no instance type of the pool can ever fit the trial; wins over the scheduler's reason. */
+  unschedulable: string | undefined;
 }
 
 /** An experiment with unfinished trials. */
@@ -63,6 +67,8 @@ export class Cluster {
   private readonly experiments = new Map<number, LiveExperiment>();
   private readonly allocations = new Map<string, LiveAllocation>();
   private readonly queue = new Map<number, PendingTask>();
+  /** Recently released allocations, so log lines that arrive after the exit is known are still stored. */
+  private readonly released = new Map<string, LiveAllocation>();
   /** Emits 'changed' (pool name) whenever demand or capacity of a pool may have changed. */
   readonly events = new EventEmitter();
   /** Allocations being stopped through no fault of their trial (spot reclaim): requeued without a restart. */
@@ -136,13 +142,13 @@ export class Cluster {
     });
   }
 
-  /** Records why a queued trial cannot run (e.g. no instance type of its pool is big enough). */
-  setWaitingReason(trialId: number, reason: string): Promise<void> {
+  /** Records that a queued trial cannot run in its pool at all (no instance type is big enough). */
+  setUnschedulable(trialId: number, reason: string): Promise<void> {
     return this.serial(async () => {
       const t = this.trials.get(trialId);
-      if (!t || t.rec.state !== 'QUEUED' || t.rec.message === reason) return;
-      t.rec.message = reason;
-      await this.store.updateTrial(trialId, { message: reason });
+      if (!t || t.rec.state !== 'QUEUED') return;
+      t.unschedulable = reason;
+      await this.setMessage(t, reason);
     });
   }
 
@@ -197,7 +203,7 @@ export class Cluster {
       const exp: LiveExperiment = { rec: created.experiment, config, trialStates: new Map(created.trials.map((t) => [t.id, t.state])) };
       this.experiments.set(exp.rec.id, exp);
       for (const rec of created.trials) {
-        this.trials.set(rec.id, { rec, exp, killRequested: false, attempts: 0 });
+        this.trials.set(rec.id, { rec, exp, killRequested: false, attempts: 0, note: '', unschedulable: undefined });
         this.enqueue(rec.id);
       }
       this.log.info('experiment created', { experiment: exp.rec.id, name: config.name, trials: created.trials.length, pool });
@@ -405,6 +411,7 @@ export class Cluster {
       }
     }
     Object.assign(trial.rec, { state: r.next.state, restarts: r.next.restarts, exitCode: r.next.exitCode, message: r.next.message });
+    trial.note = r.next.state === 'QUEUED' ? r.next.message : '';
     const terminal = isTerminal(r.next.state);
     if (terminal) trial.rec.endedAtMs = Date.now();
     await this.store.updateTrial(trial.rec.id, { state: trial.rec.state, restarts: trial.rec.restarts, exitCode: trial.rec.exitCode, message: trial.rec.message, endedAtMs: trial.rec.endedAtMs });
@@ -423,6 +430,8 @@ export class Cluster {
     const alloc = this.allocations.get(allocId);
     if (!alloc) return;
     this.allocations.delete(allocId);
+    this.released.set(allocId, alloc);
+    if (this.released.size > RELEASED_MEMORY) this.released.delete(this.released.keys().next().value!);
     const agent = this.agents.get(alloc.agentId);
     for (const s of alloc.slotIds) if (agent?.usedSlots.get(s) === allocId) agent.usedSlots.delete(s);
     this.preempting.delete(allocId);
@@ -474,11 +483,16 @@ export class Cluster {
     for (const a of plan.assignments) await this.assign(Number(a.taskId), a.agentId, a.slotIds);
     for (const [taskId, reason] of plan.waiting) {
       const trial = this.trials.get(Number(taskId));
-      if (trial && trial.rec.message !== reason && !trial.rec.message.includes('restarting')) {
-        trial.rec.message = reason;
-        await this.store.updateTrial(trial.rec.id, { message: reason });
-      }
+      if (trial) await this.setMessage(trial, trial.unschedulable ?? reason);
     }
+  }
+
+  /** Stores a queued trial's message: the last attempt's note, then why it waits. */
+  private async setMessage(trial: LiveTrial, waiting: string): Promise<void> {
+    const message = trial.note ? `${trial.note}; ${waiting}` : waiting;
+    if (trial.rec.message === message) return;
+    trial.rec.message = message;
+    await this.store.updateTrial(trial.rec.id, { message });
   }
 
   private async assign(trialId: number, agentId: string, slotIds: number[]): Promise<void> {
@@ -504,7 +518,7 @@ export class Cluster {
   }
 
   private async storeLogs(allocationId: string, agentId: string, lines: { sequence: number; timestampMs: number; stream: 'stdout' | 'stderr' | 'agent'; text: string }[]): Promise<void> {
-    const alloc = this.allocations.get(allocationId);
+    const alloc = this.allocations.get(allocationId) ?? this.released.get(allocationId);
     if (!alloc || alloc.agentId !== agentId) return;
     const fresh = lines.filter((l) => l.sequence > alloc.lastAgentLogSeq);
     if (fresh.length === 0) return;
@@ -515,7 +529,8 @@ export class Cluster {
 
   /** Rebuilds in-memory state from the store after a start. */
   private async recover(): Promise<void> {
-    for (const rec of await this.store.listAgents()) this.agents.restore(rec);
+    const now = Date.now();
+    for (const rec of await this.store.listAgents()) this.agents.restore(rec, now);
     const active = await this.store.listActiveTrials();
     for (const rec of active) {
       let exp = this.experiments.get(rec.experimentId);
@@ -527,7 +542,7 @@ export class Cluster {
         this.experiments.set(erec.id, exp);
       }
       const attempts = rec.allocationId ? Number(rec.allocationId.split('.').pop()) + 1 : 0;
-      const trial: LiveTrial = { rec, exp, killRequested: exp.rec.killRequested, attempts };
+      const trial: LiveTrial = { rec, exp, killRequested: exp.rec.killRequested, attempts, note: '', unschedulable: undefined };
       this.trials.set(rec.id, trial);
       if (holdsAllocation(rec.state) && rec.allocationId && rec.agentId) {
         const stored = await this.store.getAllocation(rec.allocationId);
@@ -544,6 +559,9 @@ export class Cluster {
     this.requestSchedule();
   }
 }
+
+/** How many released allocations are remembered for late log lines. */
+const RELEASED_MEMORY = 1000;
 
 function unknownExit(): ExitInfo {
   return { exitCode: -1, failureKind: 'AGENT_ERROR', message: 'agent reported termination without an exit status' };

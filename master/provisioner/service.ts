@@ -24,6 +24,8 @@ export interface ProvisionedPool {
 interface TrackedInstance extends InstanceInfo {
   /** Instance-hours are counted up to here. */
   accountedUntilMs: number;
+  /** The provider's list has shown it at least once. */
+  listed?: boolean;
 }
 
 /** What is persisted per pool. */
@@ -37,6 +39,9 @@ interface PoolState {
   tokenPrefix: string;
 }
 
+/** How long a launched instance may be missing from the provider's list before it counts as gone. */
+const LIST_LAG_GRACE_MS = 2 * 60_000;
+
 /** How often the periodic pass runs (idle/starting timers, provider refresh). */
 export const DEFAULT_TICK_MS = 10_000;
 
@@ -48,6 +53,8 @@ interface PoolRuntime {
   running: Promise<void> | undefined;
   again: boolean;
   listedAtMs: number;
+  /** Instances this service asked to terminate (never adopted again). */
+  terminating: Set<string>;
 }
 
 /** The provisioner of all provisioned pools. */
@@ -65,7 +72,7 @@ export class ProvisionerService implements ProvisionerStatusSource {
     private readonly tickMs = DEFAULT_TICK_MS,
   ) {
     for (const [name, p] of pools) {
-      this.pools.set(name, { name, scaling: p.scaling, provider: p.provider, running: undefined, again: false, listedAtMs: 0, state: freshState() });
+      this.pools.set(name, { name, scaling: p.scaling, provider: p.provider, running: undefined, again: false, listedAtMs: 0, terminating: new Set(), state: freshState() });
     }
   }
 
@@ -74,7 +81,12 @@ export class ProvisionerService implements ProvisionerStatusSource {
     for (const p of this.pools.values()) {
       const saved = await this.store.getProvisionerState(p.name);
       if (saved) p.state = { ...freshState(), ...(JSON.parse(saved) as PoolState) };
-      await this.refresh(p);
+      try {
+        await this.refresh(p);
+      } catch (err) {
+        // The provider may be briefly unavailable (credentials not ready, API error): the periodic pass retries.
+        this.log.error('cannot list the provider\'s instances; retrying on the next pass', { pool: p.name, err: errorMessage(err) });
+      }
       this.log.info('provisioner started', { pool: p.name, provider: p.provider.type, instances: p.state.instances.length, min: p.scaling.minInstances, max: p.scaling.maxInstances });
     }
     this.cluster.events.on('changed', this.onChanged);
@@ -127,17 +139,24 @@ export class ProvisionerService implements ProvisionerStatusSource {
     for (const t of p.state.instances) {
       const l = listed.get(t.id);
       if (!l) {
+        // A provider's list can lag behind a launch (EC2 is eventually consistent): keep new instances a while.
+        if (!t.listed && now - t.launchedAtMs < LIST_LAG_GRACE_MS) {
+          kept.push(t);
+          continue;
+        }
         this.account(p, t, now);
         this.log.info('instance gone', { pool: p.name, instance: t.id });
         continue;
       }
-      kept.push({ ...t, state: l.state });
+      kept.push({ ...t, state: l.state, listed: true });
       listed.delete(t.id);
     }
-    // Instances of ours the state does not know (e.g. launched just before a crash): track them.
+    // Instances of ours the state does not know (e.g. launched just before a crash): track them,
+    // unless they are already on their way out (e.g. terminated by this service a moment ago).
     for (const l of listed.values()) {
+      if (l.state === 'shutting-down' || l.state === 'terminated' || p.terminating.has(l.id)) continue;
       this.log.warn('tracking an instance of this pool found at the provider', { pool: p.name, instance: l.id });
-      kept.push({ ...l, accountedUntilMs: now });
+      kept.push({ ...l, accountedUntilMs: now, listed: true });
     }
     p.state.instances = kept;
     p.listedAtMs = now;
@@ -176,7 +195,7 @@ export class ProvisionerService implements ProvisionerStatusSource {
     for (const t of p.state.instances) this.account(p, t, now);
     const plan = decide({ nowMs: now, pool: p.scaling, instances: p.state.instances.map((t) => this.view(p, t)), pending: this.cluster.pendingTasks(p.name), memory: p.state.memory });
 
-    for (const u of plan.unschedulable) await this.cluster.setWaitingReason(Number(u.taskId), u.reason);
+    for (const u of plan.unschedulable) await this.cluster.setUnschedulable(Number(u.taskId), u.reason);
     for (const d of plan.disable) {
       if (this.cluster.agents.get(d.id)) await this.cluster.setAgentEnabled(d.id, false, d.reason);
     }
@@ -187,7 +206,11 @@ export class ProvisionerService implements ProvisionerStatusSource {
         this.log.warn('not terminating a busy instance', { pool: p.name, instance: t.id, tasks: busy, reason: t.reason });
         continue;
       }
+      // Whatever the reason, its agent gets no new work from here on (it may connect late).
+      const agent = this.cluster.agents.get(t.id);
+      if (agent?.enabled) await this.cluster.setAgentEnabled(t.id, false, `instance terminated: ${t.reason}`);
       this.log.info('terminating instance', { pool: p.name, instance: t.id, reason: t.reason });
+      p.terminating.add(t.id);
       await p.provider.terminate([t.id]);
       const tracked = p.state.instances.find((i) => i.id === t.id);
       if (tracked) {

@@ -323,8 +323,9 @@ describe('master agent protocol (in-process master, scripted agents)', function 
           const silent = connect(m);
           await silent.registerAndWait(registration(id));
           const s = await silent.waitStatus(3_000);
-          assert.equal(s.code, grpc.status.FAILED_PRECONDITION, s.details);
-          assert.equal(s.errorCode, 'DET_ERR_PROTOCOL');
+          // Retryable: the agent reconnects (a slow network is not a protocol violation).
+          assert.equal(s.code, grpc.status.UNAVAILABLE, s.details);
+          assert.equal(s.errorCode, 'DET_ERR_HEARTBEAT_TIMEOUT');
           assert.match(s.details, /heartbeat TTL \(300 ms\)/);
           await waitAgentState(m, id, 'DISCONNECTED');
           assert.ok(m.log.some((l) => / WARN /.test(l) && l.includes('agent missed its heartbeat TTL') && l.includes(`agent=${id}`)), 'the drop is logged');
@@ -342,8 +343,8 @@ describe('master agent protocol (in-process master, scripted agents)', function 
       const m = await startMaster();
       const a = connect(m);
       const s = await a.waitStatus(15_000);
-      assert.equal(s.code, grpc.status.FAILED_PRECONDITION, s.details);
-      assert.equal(s.errorCode, 'DET_ERR_PROTOCOL');
+      assert.equal(s.code, grpc.status.UNAVAILABLE, s.details);
+      assert.equal(s.errorCode, 'DET_ERR_HEARTBEAT_TIMEOUT');
       assert.match(s.details, /no Register message in time/);
       assert.match(warnLines(m).join('\n'), /agent did not register in time/);
     });
