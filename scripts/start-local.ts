@@ -45,7 +45,8 @@ function say(line: string): void {
 /** Starts a det process with its logs in a file; resolves when `ready` appears on its stdout. */
 function startProcess(name: string, args: string[], env: NodeJS.ProcessEnv, ready: RegExp, logFile: string): Promise<{ child: ChildProcess; line: string }> {
   const log = fs.openSync(logFile, 'a');
-  const child = spawn(process.execPath, [path.join(ROOT, 'bin', `${name}.js`), ...args], { env, stdio: ['ignore', 'pipe', log] });
+  // Own process group: Ctrl-C reaches only this script, which then stops the children once, in order.
+  const child = spawn(process.execPath, [path.join(ROOT, 'bin', `${name}.js`), ...args], { env, stdio: ['ignore', 'pipe', log], detached: true });
   return new Promise((resolve, reject) => {
     let buf = '';
     child.stdout!.on('data', (d: Buffer) => {
@@ -87,12 +88,19 @@ async function main(): Promise<number> {
   const children: ChildProcess[] = [];
   let stopping = false;
   const stop = async (code: number) => {
-    if (stopping) return;
+    if (stopping) {
+      say('npm start: stopping now (forced)');
+      for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+      process.exit(code || 130);
+    }
     stopping = true;
+    say('npm start: stopping (Ctrl-C again to force)...');
     for (const c of [...children].reverse()) {
-      if (c.exitCode !== null) continue;
+      if (c.exitCode !== null || c.signalCode !== null) continue;
+      const exited = new Promise((r) => c.once('exit', r));
       c.kill('SIGTERM');
-      await new Promise((r) => c.once('exit', r));
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 90_000))]);
+      if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     }
     process.exit(code);
   };

@@ -71,9 +71,15 @@ export async function serveTrialLogs(call: LogsCall, cluster: Cluster): Promise<
   }
 }
 
+/** Writes a batch; waits for 'drain' when the client is slow, but never past the call's end. */
 function write(call: LogsCall, records: TrialLogRecord[]): Promise<void> {
   return new Promise((resolve) => {
-    if (call.write({ logs: records.map(trialLogToProto) })) resolve();
-    else call.once('drain', resolve);
+    if (call.destroyed || call.cancelled) return resolve();
+    if (call.write({ logs: records.map(trialLogToProto) })) return resolve();
+    const done = () => {
+      for (const ev of ['drain', 'close', 'cancelled', 'error'] as const) call.off(ev, done);
+      resolve();
+    };
+    for (const ev of ['drain', 'close', 'cancelled', 'error'] as const) call.once(ev, done);
   });
 }

@@ -4,7 +4,7 @@
 // queue, so the store, the in-memory view and what agents are told agree.
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { DetError } from '../../common/errors';
+import { DetError, errorMessage } from '../../common/errors';
 import type { Logger } from '../../common/log';
 import type { AgentToMaster, ExitInfo, MasterToAgent, RegisteredInfo, Registration } from '../../common/types';
 import { heartbeatTiming } from '../agents/heartbeat';
@@ -266,10 +266,10 @@ export class Cluster {
         if (!alloc.logSeqKnown) alloc.lastAgentLogSeq = Math.max(alloc.lastAgentLogSeq, report.lastLogSequence);
         alloc.logSeqKnown = true;
         if (report.state === 'TERMINATED') {
-          await this.apply(trial, { type: 'exited', exit: report.exit ?? { exitCode: -1, failureKind: 'AGENT_ERROR', message: 'agent reported no exit status' } });
+          await this.apply(trial, this.exitEvent(alloc.id, report.exit));
         } else {
           await this.apply(trial, { type: 'progress', state: report.state });
-          if (trial.killRequested) commands.push({ kind: 'kill', allocationId: alloc.id, signal: 'SIGTERM', gracePeriodMs: trial.exp.config.killGracePeriodMs });
+          if (trial.killRequested || this.preempting.has(alloc.id)) commands.push({ kind: 'kill', allocationId: alloc.id, signal: 'SIGTERM', gracePeriodMs: trial.exp.config.killGracePeriodMs });
         }
       }
       entry.idleSinceMs = this.runningTasksOn(entry.id) === 0 ? entry.idleSinceMs ?? Date.now() : null;
@@ -308,13 +308,7 @@ export class Cluster {
           }
           if (msg.containerId) alloc.containerId = msg.containerId;
           const trial = this.trials.get(alloc.trialId)!;
-          const preempted = this.preempting.get(alloc.id);
-          const event: TrialEvent =
-            msg.state !== 'TERMINATED'
-              ? { type: 'progress', state: msg.state }
-              : preempted !== undefined && (msg.exit?.failureKind ?? 'AGENT_ERROR') !== 'NONE'
-                ? { type: 'lost', reason: preempted, countsAsRestart: false }
-                : { type: 'exited', exit: msg.exit ?? unknownExit() };
+          const event: TrialEvent = msg.state !== 'TERMINATED' ? { type: 'progress', state: msg.state } : this.exitEvent(alloc.id, msg.exit);
           await this.apply(trial, event);
           return;
         }
@@ -336,6 +330,13 @@ export class Cluster {
       this.log.warn('agent disconnected', { agent: agentId, reason, allocations: running, grace_ms: this.opts.agentReconnectGraceMs });
       this.startGrace(entry);
     });
+  }
+
+  /** The trial event for an allocation's exit: a preempted allocation that did not succeed is requeued without a restart. */
+  private exitEvent(allocationId: string, exit: ExitInfo | undefined): TrialEvent {
+    const preempted = this.preempting.get(allocationId);
+    if (preempted !== undefined && (exit?.failureKind ?? 'AGENT_ERROR') !== 'NONE') return { type: 'lost', reason: preempted, countsAsRestart: false };
+    return { type: 'exited', exit: exit ?? unknownExit() };
   }
 
   /** The agent's node is going away: schedule nothing there and stop its trials so they requeue elsewhere. */
@@ -498,24 +499,35 @@ export class Cluster {
   private async assign(trialId: number, agentId: string, slotIds: number[]): Promise<void> {
     const trial = this.trials.get(trialId)!;
     const agent = this.agents.get(agentId)!;
-    this.queue.delete(trialId);
     const allocationId = `${trial.rec.taskId}.${trial.attempts}`;
-    trial.attempts++;
     const now = Date.now();
-    await this.store.putAllocation({ id: allocationId, trialId, taskId: trial.rec.taskId, agentId, slotIds, state: 'ASSIGNED', containerId: '', createdAtMs: now, endedAtMs: null, exitCode: null, failureKind: null, message: '' });
+    try {
+      await this.store.putAllocation({ id: allocationId, trialId, taskId: trial.rec.taskId, agentId, slotIds, state: 'ASSIGNED', containerId: '', createdAtMs: now, endedAtMs: null, exitCode: null, failureKind: null, message: '' });
+      await this.store.updateTrial(trialId, { allocationId, agentId, slotIds });
+    } catch (err) {
+      // Nothing is changed in memory until the store has the allocation: the trial stays queued.
+      this.log.error('cannot store an allocation; the trial stays queued', { trial: trialId, agent: agentId, err: errorMessage(err) });
+      return;
+    }
+    this.queue.delete(trialId);
+    trial.attempts++;
     this.allocations.set(allocationId, { id: allocationId, trialId, agentId, slotIds, containerId: '', lastAgentLogSeq: 0, logSeqKnown: true });
     for (const s of slotIds) agent.usedSlots.set(s, allocationId);
     agent.idleSinceMs = null;
     Object.assign(trial.rec, { allocationId, agentId, slotIds });
-    await this.store.updateTrial(trialId, { allocationId, agentId, slotIds });
     await this.apply(trial, { type: 'assigned' });
+    if (trial.rec.state !== 'ASSIGNED') return; // e.g. canceled by a pending kill
     const deviceType = agent.devices.find((d) => slotIds.includes(d.id))?.type ?? 'cpu';
     const spec = buildTaskSpec({
       clusterId: this.clusterId, experimentId: trial.exp.rec.id, trialId, taskId: trial.rec.taskId, allocationId, agentId, slotIds, deviceType,
       hparams: trial.rec.hparams, restarts: trial.rec.restarts, config: trial.exp.config,
     });
-    agent.channel?.send({ kind: 'start', spec });
+    if (!agent.channel?.send({ kind: 'start', spec })) {
+      // The stream went away before the start could be sent: not the trial's fault.
+      await this.apply(trial, { type: 'lost', reason: `agent ${agentId} disconnected before the start was sent`, countsAsRestart: false });
+    }
   }
+
 
   private async storeLogs(allocationId: string, agentId: string, lines: { sequence: number; timestampMs: number; stream: 'stdout' | 'stderr' | 'agent'; text: string }[]): Promise<void> {
     const alloc = this.allocations.get(allocationId) ?? this.released.get(allocationId);

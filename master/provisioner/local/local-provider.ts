@@ -62,7 +62,7 @@ export class LocalProvider implements Provider {
       return;
     }
     for (const s of saved) {
-      if (!alive(s.pid)) continue;
+      if (!isAgentProcess(s.pid, s.id)) continue;
       this.instances.set(s.id, { pid: s.pid, child: undefined, info: { id: s.id, pool: this.opts.pool, instanceType: 'local', subnetId: '', state: 'running', launchedAtMs: s.launchedAtMs, spot: false } });
       this.opts.log.info('adopted local agent started by an earlier master', { instance: s.id, pid: s.pid });
     }
@@ -70,11 +70,15 @@ export class LocalProvider implements Provider {
 
   private save(): void {
     const live = [...this.instances.values()].filter((t) => t.info.state !== 'terminated').map((t) => ({ id: t.info.id, pid: t.pid, launchedAtMs: t.info.launchedAtMs }));
-    fs.writeFileSync(this.pidFile, JSON.stringify(live));
+    try {
+      fs.writeFileSync(this.pidFile, JSON.stringify(live));
+    } catch (err) {
+      this.opts.log.warn('cannot save the local agents pid file', { file: this.pidFile, err: (err as Error).message });
+    }
   }
 
   async list(pool: string): Promise<InstanceInfo[]> {
-    for (const t of this.instances.values()) if (t.child === undefined && t.info.state !== 'terminated' && !alive(t.pid)) t.info.state = 'terminated';
+    for (const t of this.instances.values()) if (t.child === undefined && t.info.state !== 'terminated' && !isAgentProcess(t.pid, t.info.id)) t.info.state = 'terminated';
     return [...this.instances.values()].filter((t) => t.info.pool === pool && t.info.state !== 'terminated').map((t) => ({ ...t.info }));
   }
 
@@ -117,6 +121,7 @@ export class LocalProvider implements Provider {
     const info: InstanceInfo = { id, pool: this.opts.pool, instanceType: 'local', subnetId: '', state: 'running', launchedAtMs: Date.now(), spot: false };
     const tracked: Tracked = { info, pid: child.pid, child };
     this.instances.set(id, tracked);
+    child.on('error', (err) => this.opts.log.error('local agent process error', { instance: id, err: err.message }));
     child.on('exit', (code, signal) => {
       tracked.info.state = 'terminated';
       this.opts.log.info('local agent exited', { instance: id, code, signal, log: logFile });
@@ -131,6 +136,11 @@ export class LocalProvider implements Provider {
       const t = this.instances.get(id);
       if (!t || t.info.state === 'terminated') continue;
       t.info.state = 'shutting-down';
+      // Only signal a pid that is still this agent (an adopted pid could have been reused).
+      if (t.child === undefined && !isAgentProcess(t.pid, id)) {
+        t.info.state = 'terminated';
+        continue;
+      }
       try {
         process.kill(t.pid, 'SIGTERM');
       } catch {
@@ -140,21 +150,29 @@ export class LocalProvider implements Provider {
     this.save();
   }
 
-  /** Stops every local agent and waits for them (used when the master shuts down). */
-  async stopAll(timeoutMs = 15_000): Promise<void> {
+  /**
+   * Stops every local agent and waits for them (used when the master shuts down). An agent stops
+   * its containers first (their kill grace period, then up to 30 s), so the deadline covers that.
+   */
+  async stopAll(timeoutMs = 60_000): Promise<void> {
     const running = [...this.instances.values()].filter((t) => t.info.state !== 'terminated');
     await this.terminate(running.map((t) => t.info.id));
     const deadline = Date.now() + timeoutMs;
-    while (running.some((t) => alive(t.pid)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    for (const t of running) if (alive(t.pid)) process.kill(t.pid, 'SIGKILL');
+    while (running.some((t) => isAgentProcess(t.pid, t.info.id)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    for (const t of running) if (isAgentProcess(t.pid, t.info.id)) process.kill(t.pid, 'SIGKILL');
   }
 }
 
-function alive(pid: number): boolean {
+/** Whether `pid` is alive and is the det-agent started as instance `id` (checked via /proc, not just the pid). */
+function isAgentProcess(pid: number, id: string): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch {
     return false;
+  }
+  try {
+    return fs.readFileSync(`/proc/${pid}/environ`).toString('latin1').split('\0').includes(`DET_AGENT_ID=${id}`);
+  } catch {
+    return false; // gone, or not ours to read: never signal it
   }
 }
