@@ -1,6 +1,8 @@
 // A seeded synthetic job trace for the provisioner benchmark: Poisson arrivals, log-normal
 // durations (training jobs, mostly 20 min - 3 h), slot sizes 1/2/4, mostly 1.
 
+import { mulberry32 } from '../../master/experiment/searcher';
+
 /** One job of the trace. */
 export interface TraceJob {
   id: string;
@@ -41,17 +43,8 @@ export const DEFAULT_TRACE: TraceOptions = {
   slotMix: [{ slots: 1, p: 0.7 }, { slots: 2, p: 0.2 }, { slots: 4, p: 0.1 }],
 };
 
-/** mulberry32: small, fast, seedable; uniform in [0, 1). */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** mulberry32, the searchers' seeded PRNG: uniform in [0, 1). */
+export const seededRandom = mulberry32;
 
 /** Standard normal by Box-Muller. */
 function normal(random: () => number): number {

@@ -23,7 +23,11 @@ import { startServer, type MasterServer } from '../../master/server';
 import { openSqliteStore } from '../../master/store/sqlite';
 import type { Store } from '../../master/store/store';
 import { waitFor } from '../support/env';
+import { createExperiment as createExperimentWith, getTrial, rpc, waitTrial } from '../support/admin-api';
 import { cpuDevices, cudaDevices, logLines, RawAgent, registration, report } from '../support/raw-agent';
+
+/** CreateExperiment with this file's default config. */
+const createExperiment = (m: TestMaster, yaml = experimentYaml()) => createExperimentWith(m, yaml);
 
 const TOKEN = 'proto-test-join-token-5e1f0c9a';
 const WAIT = { timeoutMs: 5_000, intervalMs: 20 };
@@ -81,11 +85,6 @@ function connect(m: TestMaster, token: string | null = TOKEN): RawAgent {
   return a;
 }
 
-function rpc<Res>(fn: (cb: grpc.requestCallback<Res>) => void): Promise<Res> {
-  return new Promise((resolve, reject) => fn((err, res) => (err ? reject(err) : resolve(res!))));
-}
-
-const getTrial = async (m: TestMaster, trialId: number) => (await rpc<{ trial: Trial__Output | null }>((cb) => m.api.GetTrial({ trialId }, cb))).trial!;
 const getExperiment = async (m: TestMaster, experimentId: number) =>
   (await rpc<{ experiment: Experiment__Output | null }>((cb) => m.api.GetExperiment({ experimentId }, cb))).experiment!;
 const listAgents = async (m: TestMaster) => (await rpc<{ agents: Agent__Output[] }>((cb) => m.api.ListAgents({}, cb))).agents;
@@ -107,22 +106,6 @@ function experimentYaml(o: { slots?: number; maxRestarts?: number; killGrace?: s
     '  optimizer: adam',
     '',
   ].join('\n');
-}
-
-async function createExperiment(m: TestMaster, yaml = experimentYaml()): Promise<{ experimentId: number; trial: Trial__Output }> {
-  const res = await rpc<{ experiment: Experiment__Output | null; trials: Trial__Output[] }>((cb) => m.api.CreateExperiment({ configYaml: yaml }, cb));
-  assert.equal(res.trials.length, 1, 'the single searcher makes one trial');
-  return { experimentId: res.experiment!.id, trial: res.trials[0] };
-}
-
-/** Waits until the trial is in `state` (and `also` holds); returns it. */
-async function waitTrial(m: TestMaster, trialId: number, state: string, also: (t: Trial__Output) => boolean = () => true): Promise<Trial__Output> {
-  let last: Trial__Output | undefined;
-  await waitFor(async () => {
-    last = await getTrial(m, trialId);
-    return last.state === `TRIAL_STATE_${state}` && also(last);
-  }, { ...WAIT, what: `trial ${trialId} to be ${state} (last seen: ${JSON.stringify(last && { state: last.state, restarts: last.restarts, message: last.message })})` });
-  return last!;
 }
 
 async function waitExperiment(m: TestMaster, experimentId: number, state: string): Promise<Experiment__Output> {

@@ -23,8 +23,12 @@ import { startServer, type MasterServer } from '../../master/server';
 import { openSqliteStore } from '../../master/store/sqlite';
 import type { Store } from '../../master/store/store';
 import { waitFor } from '../support/env';
+import { createExperiment as createExperimentWith, getTrial, rpc, waitTrial } from '../support/admin-api';
 import { MemoryProvider } from '../support/memory-provider';
 import { cpuDevices, RawAgent, registration, report } from '../support/raw-agent';
+
+/** CreateExperiment with this file's default config. */
+const createExperiment = (m: TestMaster, yaml = experimentYaml()) => createExperimentWith(m, yaml);
 
 const TOKEN = 'provisioner-test-join-token-8d41a7';
 const POOL = 'default';
@@ -113,11 +117,6 @@ async function agentFor(m: TestMaster, instanceId: string, over: Parameters<type
   return a;
 }
 
-function rpc<Res>(fn: (cb: grpc.requestCallback<Res>) => void): Promise<Res> {
-  return new Promise((resolve, reject) => fn((err, res) => (err ? reject(err) : resolve(res!))));
-}
-
-const getTrial = async (m: TestMaster, trialId: number) => (await rpc<{ trial: Trial__Output | null }>((cb) => m.api.GetTrial({ trialId }, cb))).trial!;
 const getExperiment = (m: TestMaster, experimentId: number) =>
   rpc<{ experiment: Experiment__Output | null; trials: Trial__Output[] }>((cb) => m.api.GetExperiment({ experimentId }, cb));
 const getAgent = async (m: TestMaster, agentId: string) => (await rpc<{ agent: Agent__Output | null }>((cb) => m.api.GetAgent({ agentId }, cb))).agent!;
@@ -143,21 +142,6 @@ function experimentYaml(o: { slots?: number; maxRestarts?: number; killGrace?: s
     '  lr: 0.01',
     '',
   ].join('\n');
-}
-
-async function createExperiment(m: TestMaster, yaml = experimentYaml()): Promise<{ experimentId: number; trial: Trial__Output }> {
-  const res = await rpc<{ experiment: Experiment__Output | null; trials: Trial__Output[] }>((cb) => m.api.CreateExperiment({ configYaml: yaml }, cb));
-  assert.equal(res.trials.length, 1, 'the single searcher makes one trial');
-  return { experimentId: res.experiment!.id, trial: res.trials[0] };
-}
-
-async function waitTrial(m: TestMaster, trialId: number, state: string, also: (t: Trial__Output) => boolean = () => true): Promise<Trial__Output> {
-  let last: Trial__Output | undefined;
-  await waitFor(async () => {
-    last = await getTrial(m, trialId);
-    return last.state === `TRIAL_STATE_${state}` && also(last);
-  }, { ...WAIT, what: `trial ${trialId} to be ${state} (last seen: ${JSON.stringify(last && { state: last.state, restarts: last.restarts, agent: last.agentId, message: last.message })})` });
-  return last!;
 }
 
 /** Waits until the provider has launched `n` instances in all; returns the n-th id. */
