@@ -5,7 +5,7 @@
 // the same trace in the same run: busy slot-hours / slots per instance (no boot, no idle time, no
 // fragmentation: unreachable by any real provisioner).
 //
-// Usage: npm run bench:provisioner [-- --json] [-- --seed N] [-- --jobs-per-hour N] [-- --hours N] [-- --placement best-fit]
+// Usage: npm run bench:provisioner [-- --json] [-- --seed N] [-- --jobs-per-hour N] [-- --hours N] [-- --placement first-fit]
 // Exits 0 whether or not the target is met; non-zero only when something broke.
 import { parseArgs } from 'node:util';
 import type { PoolScaling } from '../master/provisioner/types';
@@ -18,7 +18,7 @@ const MIN = 60_000;
 
 const USAGE = `usage: node dist/bench/provisioner.js [--json] [--seed N] [--jobs-per-hour N] [--hours N] [--placement P]
   --json             print only one JSON object on stdout
-  --placement P      simulated scheduler: first-fit (default, in launch order) or best-fit (the master's policy)
+  --placement P      simulated scheduler: best-fit (default: the master's policy) or first-fit (in launch order)
   --seed N           trace and simulation seed (default ${DEFAULT_TRACE.seed})
   --jobs-per-hour N  mean Poisson arrival rate (default ${DEFAULT_TRACE.jobsPerHour})
   --hours N          hours of arrivals (default ${DEFAULT_TRACE.hours})`;
@@ -39,7 +39,7 @@ function parseOptions(argv: string[]) {
     if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a positive number, got '${v}'\n${USAGE}`);
     return n;
   };
-  const placement = values.placement ?? 'first-fit';
+  const placement = values.placement ?? 'best-fit';
   if (placement !== 'first-fit' && placement !== 'best-fit') throw new Error(`--placement must be first-fit or best-fit, got '${placement}'\n${USAGE}`);
   return {
     json: values.json ?? false,
