@@ -34,13 +34,9 @@ const FLAGS: FlagSpec[] = [
 /** Where the config comes from: file (file, DET_* env, flags) or ec2 (EC2 user data via IMDS as well). */
 export type ConfigSource = 'file' | 'ec2';
 
-// --config-source picks a source rather than setting a config key. It sits in
-// the flag table (so --help lists it and commander parses it) under a reserved
-// key that parseFlags takes out of the layer before the pipeline sees it.
-const CONFIG_SOURCE_KEY = '__config_source';
+// --config-source picks a source rather than setting a config key: a flag without a key.
 const CONFIG_SOURCE_FLAG: FlagSpec = {
   flags: '--config-source <source>',
-  key: CONFIG_SOURCE_KEY,
   description: 'file | ec2: ec2 also reads the master address, pool, token and TLS CA from EC2 user data via IMDS (default file)',
 };
 
@@ -55,9 +51,9 @@ export const EXIT_CONFIG_SOURCE_FAILED = 78;
 
 function parseFlags(argv: string[]): ParsedFlags & { configSource: ConfigSource } {
   const parsed = parseDaemonFlags('det-agent', 'Determined-style agent: registers with the master and runs task containers on Docker', DEFAULT_AGENT_CONFIG_FILE, [...FLAGS, CONFIG_SOURCE_FLAG], argv);
-  const { [CONFIG_SOURCE_KEY]: source = 'file', ...layer } = parsed.layer;
+  const source = parsed.options.configSource ?? 'file';
   if (source !== 'file' && source !== 'ec2') throw new DetError('DET_ERR_CONFIG_INVALID', `--config-source must be "file" or "ec2", not "${String(source)}"`);
-  return { configFile: parsed.configFile, layer, configSource: source };
+  return { ...parsed, configSource: source };
 }
 
 /** Runs det-agent until stopped; resolves with the exit code. */

@@ -7,15 +7,17 @@ import { setPath, type ConfigLayer } from './pipeline';
 /** One flag: commander syntax, the dotted config key it sets, and its help text. */
 export interface FlagSpec {
   flags: string;
-  key: string;
+  /** Config key it sets; a flag without one is not config (e.g. --config-source) and lands in `options`. */
+  key?: string;
   description: string;
   integer?: boolean;
 }
 
-/** Flags parsed into a config layer, plus the config file named by --config-file. */
+/** Flags parsed into a config layer, the config file named by --config-file, and non-config flags by name. */
 export interface ParsedFlags {
   configFile?: string;
   layer: ConfigLayer;
+  options: Record<string, unknown>;
 }
 
 function integer(v: string): number {
@@ -39,9 +41,12 @@ export function parseDaemonFlags(name: string, description: string, defaultConfi
   program.parse(argv, { from: 'user' });
   const opts = program.opts();
   const layer: ConfigLayer = {};
+  const options: Record<string, unknown> = {};
   for (const spec of specs) {
     const value = opts[attr(spec)];
-    if (value !== undefined) setPath(layer, spec.key, value);
+    if (value === undefined) continue;
+    if (spec.key) setPath(layer, spec.key, value);
+    else options[attr(spec)] = value;
   }
-  return { configFile: opts.configFile as string | undefined, layer };
+  return { configFile: opts.configFile as string | undefined, layer, options };
 }
