@@ -3,6 +3,7 @@
 #   - dockerd on its own socket (no bridge, no iptables: containers use network mode host or none),
 #   - Debian's docker-registry on 127.0.0.1 (plain HTTP, no auth),
 #   - a private PostgreSQL instance on 127.0.0.1 with role det/det and database det_test,
+#   - s3rver (the project's devDependency) on 127.0.0.1, an S3 API with no buckets,
 #   - a busybox base image, imported locally and pushed to the registry,
 # and writes $DIR/env.sh with the variables the tests read (see test/support/env.ts).
 #
@@ -16,6 +17,7 @@
 #   DET_TESTENV_DIR          state dir (default /tmp/det-testenv); must be reachable by the postgres user
 #   DET_TEST_REGISTRY_PORT   registry port on 127.0.0.1 (default 5000)
 #   DET_TEST_PG_PORT         PostgreSQL port on 127.0.0.1 (default 55432)
+#   DET_TEST_S3_PORT         s3rver port on 127.0.0.1 (default 4569)
 #   DET_TESTENV_WAIT_S       how long to wait for each service to answer (default 60)
 #   DET_TESTENV_USER         pid of the test run (with-testenv.sh) that will use the services
 set -euo pipefail
@@ -23,6 +25,7 @@ set -euo pipefail
 DIR="${DET_TESTENV_DIR:-/tmp/det-testenv}"
 REGISTRY_PORT="${DET_TEST_REGISTRY_PORT:-5000}"
 PG_PORT="${DET_TEST_PG_PORT:-55432}"
+S3_PORT="${DET_TEST_S3_PORT:-4569}"
 WAIT_S="${DET_TESTENV_WAIT_S:-60}"
 
 REGISTRY="127.0.0.1:${REGISTRY_PORT}"
@@ -32,10 +35,13 @@ DOCKER_SOCK="${DIR}/docker.sock"
 PG_DATA="${DIR}/pgdata"
 PG_RUN="${DIR}/pgrun"
 PG_URL="postgres://det:det@127.0.0.1:${PG_PORT}/det_test"
+S3_ENDPOINT="http://127.0.0.1:${S3_PORT}"
+S3RVER_JS="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/node_modules/s3rver/bin/s3rver.js"
 OTHER_USERS=""
 
 # Packages the test environment needs (Debian 12 names).
-APT_PACKAGES=(docker.io docker-registry busybox-static postgresql openssl curl)
+# awscli: the storage tests check that what we write is readable by a standard S3 client.
+APT_PACKAGES=(docker.io docker-registry busybox-static postgresql openssl curl awscli)
 
 now_us() { local t="${EPOCHREALTIME//[.,]/}"; printf '%s' "$t"; }
 START_US="$(now_us)"
@@ -79,6 +85,7 @@ missing_packages() {
   { pg_bindir && command -v psql && command -v pg_isready; } >/dev/null 2>&1 || missing+=(postgresql)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v aws >/dev/null 2>&1 || missing+=(awscli)
   if ((${#missing[@]})); then printf '%s\n' "${missing[@]}"; fi
 }
 
@@ -443,6 +450,52 @@ EOF
 }
 
 # ---------------------------------------------------------------------------------------------
+# s3rver (npm devDependency): the S3 API on loopback, data in the state dir, no buckets
+# ---------------------------------------------------------------------------------------------
+s3_answers() {
+  curl -fsS --max-time 2 "${S3_ENDPOINT}/" 2>/dev/null | grep -qF ListAllMyBucketsResult
+}
+
+start_s3() {
+  local pidfile="$DIR/s3rver.pid" logf="$DIR/s3rver.log" pid i
+  if pid="$(pid_ours "$pidfile" node)"; then
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--port ${S3_PORT} " && s3_answers; then
+      log "s3rver already running on ${S3_ENDPOINT} (pid $pid), reusing it"
+      return 0
+    fi
+    log "s3rver (pid $pid) does not answer on ${S3_ENDPOINT}; restarting it"
+    stop_pid "$pid" s3rver 10
+  fi
+  if curl -sS -o /dev/null --max-time 2 "${S3_ENDPOINT}/" 2>/dev/null; then
+    die "something that is not ours already answers on ${S3_ENDPOINT} (set DET_TEST_S3_PORT to another port)"
+  fi
+  [[ -f "$S3RVER_JS" ]] || die "$S3RVER_JS is missing: run npm ci (s3rver is a devDependency)"
+  command -v node >/dev/null || die "no node on PATH"
+  mkdir -p "$DIR/s3rver-data"
+  log "starting s3rver on ${S3_ENDPOINT}"
+  # --openssl-legacy-provider: s3rver encrypts ListObjectsV2 continuation tokens with DES, which
+  # OpenSSL 3 (Node 17+) only offers through its legacy provider; without it every truncated
+  # listing (pagination) is an HTTP 500.
+  setsid node --openssl-legacy-provider "$S3RVER_JS" --directory "$DIR/s3rver-data" --address 127.0.0.1 --port "$S3_PORT" --silent \
+    </dev/null >"$logf" 2>&1 9>&- &
+  pid=$!
+  printf '%s\n' "$pid" >"$pidfile"
+  for ((i = 0; i < WAIT_S * 10; i++)); do
+    if s3_answers; then
+      log "s3rver is up (pid $pid)"
+      return 0
+    fi
+    if ! alive "$pid"; then
+      tail_log "$logf"
+      die "s3rver exited during startup (see $logf)"
+    fi
+    sleep 0.1
+  done
+  tail_log "$logf"
+  die "s3rver did not answer on ${S3_ENDPOINT}/ within ${WAIT_S}s (see $logf)"
+}
+
+# ---------------------------------------------------------------------------------------------
 # busybox base image, imported locally and pushed to the registry
 # ---------------------------------------------------------------------------------------------
 registry_digest() { # repo tag -> digest of the manifest the registry holds under the tag
@@ -533,6 +586,7 @@ write_env() {
     printf 'export DET_TEST_IMAGE=%q\n' "$IMAGE"
     printf 'export DET_TEST_LOCAL_IMAGE=%q\n' "$LOCAL_IMAGE"
     printf 'export DET_TEST_PG_URL=%q\n' "$PG_URL"
+    printf 'export DET_TEST_S3_ENDPOINT=%q\n' "$S3_ENDPOINT"
   } >"$tmp"
   mv -f "$tmp" "$DIR/env.sh"
 }
@@ -562,6 +616,7 @@ main() {
   start_dockerd
   start_registry
   start_postgres
+  start_s3
   remove_stale_containers
   build_image
   write_env

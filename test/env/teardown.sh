@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stops what test/env/setup.sh started in the state dir: the test containers, dockerd (and the
-# containerd it supervises), the registry and PostgreSQL. Idempotent; never fails because
+# containerd it supervises), the registry, s3rver and PostgreSQL. Idempotent; never fails because
 # something is already stopped. The state dir itself (images, registry blobs, the initdb'd
 # cluster) is kept so that the next setup is fast; pass --purge to delete it as well.
 #
@@ -65,6 +65,13 @@ if pid="$(pid_ours "$DIR/registry.pid" docker-registry)"; then
   stop_pid "$pid" docker-registry 10
 fi
 rm -f "$DIR/registry.pid"
+
+# --- s3rver -------------------------------------------------------------------------------------
+if pid="$(pid_ours "$DIR/s3rver.pid" node)"; then
+  log "stopping s3rver (pid $pid)"
+  stop_pid "$pid" s3rver 10
+fi
+rm -f "$DIR/s3rver.pid"
 
 # --- PostgreSQL --------------------------------------------------------------------------------
 if pid="$(pid_ours "$PG_DATA/postmaster.pid" postgres)"; then

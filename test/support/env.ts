@@ -13,10 +13,12 @@ export interface TestEnv {
   localImage: string;
   /** postgres:// URL of the test database (DET_TEST_PG_URL). */
   pgUrl: string;
+  /** http:// endpoint of the s3rver S3 API on loopback, e.g. http://127.0.0.1:4569 (DET_TEST_S3_ENDPOINT). */
+  s3Endpoint: string;
 }
 
 const HOW_TO_RUN =
-  "run the tests with `npm test` (test/env/with-testenv.sh starts dockerd, the registry and PostgreSQL)";
+  "run the tests with `npm test` (test/env/with-testenv.sh starts dockerd, the registry, PostgreSQL and s3rver)";
 
 function requireVar(name: string): string {
   const value = process.env[name];
@@ -34,6 +36,7 @@ export function testEnv(): TestEnv {
     image: requireVar("DET_TEST_IMAGE"),
     localImage: requireVar("DET_TEST_LOCAL_IMAGE"),
     pgUrl: requireVar("DET_TEST_PG_URL"),
+    s3Endpoint: requireVar("DET_TEST_S3_ENDPOINT"),
   };
 }
 

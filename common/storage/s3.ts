@@ -1,0 +1,258 @@
+// s3: checkpoints in an S3 bucket under an optional prefix. Uploads go through lib-storage's
+// Upload (multipart above one part: 8 MiB parts, 4 in flight); the SDK retries (maxAttempts)
+// and takes credentials from its default chain (environment, profile, instance profile).
+// Every error is mapped to a message that names the object and never carries credentials.
+import { Readable } from 'node:stream';
+import {
+  DeleteObjectsCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  S3Client,
+  type S3ClientConfig,
+} from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import { DetError, errorMessage } from '../errors';
+import { ObjectNotFoundError, redact } from './errors';
+import { validateKey, validatePrefix } from './paths';
+import type { CheckpointStorage, ListedObject, ObjectInfo, PutOptions, PutResult } from './storage';
+
+/** Multipart part size (S3's minimum is 5 MiB). */
+export const PART_SIZE = 8 * 1024 * 1024;
+/** Parts uploaded in parallel per object. */
+export const QUEUE_SIZE = 4;
+/** S3's limit of keys per DeleteObjects request. */
+export const DELETE_BATCH = 1000;
+
+/** Options of the s3 backend. */
+export interface S3StorageOptions {
+  bucket: string;
+  /** Key prefix inside the bucket, without leading or trailing '/' (default: none). */
+  prefix?: string;
+  /** Region (default: the SDK's chain, else us-east-1). */
+  region?: string;
+  /** Endpoint of an S3-compatible server, e.g. http://127.0.0.1:4569. */
+  endpointUrl?: string;
+  /** Path-style URLs (bucket in the path), for S3-compatible servers. */
+  forcePathStyle?: boolean;
+  /** Attempts per request, first included (default 5). */
+  maxAttempts?: number;
+  /** Explicit credentials (tests); production uses the SDK default chain. */
+  credentials?: S3ClientConfig['credentials'];
+  /** Keys per ListObjectsV2 page (default 1000, S3's maximum). */
+  listPageSize?: number;
+}
+
+interface AwsLikeError {
+  name?: string;
+  code?: string;
+  Code?: string;
+  message?: string;
+  $metadata?: { httpStatusCode?: number; requestId?: string };
+}
+
+/** Checkpoint storage in an S3 bucket. */
+export class S3Storage implements CheckpointStorage {
+  readonly kind = 's3' as const;
+  /** The bucket. */
+  readonly bucket: string;
+  /** The prefix ('' for none). */
+  readonly prefix: string;
+  /** The SDK client (tests add middleware to it). */
+  readonly client: S3Client;
+  private readonly pageSize: number;
+  private readonly endpoint: string;
+  private readonly secrets: string[] = [];
+
+  constructor(opts: S3StorageOptions) {
+    this.bucket = opts.bucket;
+    this.prefix = (opts.prefix ?? '').replace(/^\/+|\/+$/g, '');
+    if (this.prefix !== '') validatePrefix(this.prefix);
+    this.pageSize = opts.listPageSize ?? 1000;
+    this.endpoint = opts.endpointUrl ?? 'AWS S3';
+    const creds = opts.credentials;
+    if (creds && typeof creds === 'object' && 'secretAccessKey' in creds) {
+      this.secrets.push(creds.secretAccessKey, creds.accessKeyId, creds.sessionToken ?? '');
+    }
+    this.client = new S3Client({
+      region: opts.region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1',
+      endpoint: opts.endpointUrl,
+      forcePathStyle: opts.forcePathStyle,
+      maxAttempts: opts.maxAttempts ?? 5,
+      credentials: opts.credentials,
+    });
+  }
+
+  /** Full object key in the bucket. */
+  objectKey(key: string): string {
+    validateKey(key);
+    return this.prefix === '' ? key : `${this.prefix}/${key}`;
+  }
+
+  location(key: string): string {
+    return `s3://${this.bucket}/${this.objectKey(key)}`;
+  }
+
+  /** Closes the SDK's connections. */
+  destroy(): void {
+    this.client.destroy();
+  }
+
+  async put(key: string, source: Readable | Buffer, opts: PutOptions = {}, signal?: AbortSignal): Promise<PutResult> {
+    const Key = this.objectKey(key);
+    const upload = new Upload({
+      client: this.client,
+      params: {
+        Bucket: this.bucket,
+        Key,
+        Body: source,
+        ContentType: opts.contentType,
+        ...(opts.size !== undefined ? { ContentLength: opts.size } : {}),
+      },
+      partSize: PART_SIZE,
+      queueSize: QUEUE_SIZE,
+      leavePartsOnError: false,
+    });
+    const onAbort = () => void upload.abort().catch(() => undefined);
+    signal?.throwIfAborted();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      const out = await upload.done();
+      return { etag: unquote(out.ETag) };
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      throw this.mapError(err, 'upload', Key);
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  async get(key: string, signal?: AbortSignal): Promise<Readable> {
+    const Key = this.objectKey(key);
+    try {
+      const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key }), { abortSignal: signal });
+      if (!(out.Body instanceof Readable)) throw new Error('the response has no body stream');
+      return out.Body;
+    } catch (err) {
+      if (isNotFound(err)) throw new ObjectNotFoundError(key, `s3://${this.bucket}/${Key}`);
+      throw this.mapError(err, 'download', Key);
+    }
+  }
+
+  async head(key: string, signal?: AbortSignal): Promise<ObjectInfo | undefined> {
+    const Key = this.objectKey(key);
+    try {
+      const out = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key }), { abortSignal: signal });
+      return { size: out.ContentLength ?? 0, etag: unquote(out.ETag) ?? '' };
+    } catch (err) {
+      // HEAD has no body: a missing bucket also reads as 404 "NotFound" here.
+      if (isNotFound(err) && (err as AwsLikeError).name !== 'NoSuchBucket') return undefined;
+      throw this.mapError(err, 'stat', Key);
+    }
+  }
+
+  async *list(prefix: string, signal?: AbortSignal): AsyncIterable<ListedObject> {
+    validatePrefix(prefix);
+    const root = this.prefix === '' ? '' : `${this.prefix}/`;
+    let token: string | undefined;
+    do {
+      let page;
+      try {
+        page = await this.client.send(
+          new ListObjectsV2Command({ Bucket: this.bucket, Prefix: root + prefix, ContinuationToken: token, MaxKeys: this.pageSize }),
+          { abortSignal: signal },
+        );
+      } catch (err) {
+        throw this.mapError(err, 'list', root + prefix);
+      }
+      for (const obj of page.Contents ?? []) {
+        const full = obj.Key ?? '';
+        // A key planted by another client ("team-a/../x") must not reach a download path.
+        const key = full.slice(root.length);
+        try {
+          validateKey(key);
+        } catch (err) {
+          throw new DetError('DET_ERR_INVALID_ARGUMENT', `refusing object s3://${this.bucket}/${full} listed under s3://${this.bucket}/${root}: ${errorMessage(err)}`);
+        }
+        yield { key, size: obj.Size ?? 0, etag: unquote(obj.ETag) ?? '' };
+      }
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token);
+  }
+
+  async delete(keys: readonly string[], signal?: AbortSignal): Promise<void> {
+    const full = keys.map((k) => this.objectKey(k));
+    for (let i = 0; i < full.length; i += DELETE_BATCH) {
+      const batch = full.slice(i, i + DELETE_BATCH);
+      let out;
+      try {
+        out = await this.client.send(
+          new DeleteObjectsCommand({ Bucket: this.bucket, Delete: { Objects: batch.map((Key) => ({ Key })), Quiet: true } }),
+          { abortSignal: signal },
+        );
+      } catch (err) {
+        throw this.mapError(err, 'delete', `${batch.length} object(s) starting with ${batch[0]}`);
+      }
+      // Missing keys are already deleted; anything else is a failure.
+      const failed = (out.Errors ?? []).filter((e) => e.Code !== 'NoSuchKey');
+      if (failed.length > 0) {
+        const first = failed[0];
+        throw new DetError(
+          'DET_ERR_INTERNAL',
+          redact(`cannot delete ${failed.length} object(s) in s3://${this.bucket}, e.g. ${first.Key}: ${first.Code ?? 'error'} ${first.Message ?? ''}`.trim(), this.secrets),
+        );
+      }
+    }
+  }
+
+  // One clear, credential-free message per failure.
+  private mapError(err: unknown, op: string, key: string): DetError {
+    const e = (err ?? {}) as AwsLikeError;
+    const name = e.name ?? e.Code ?? e.code ?? 'Error';
+    const status = e.$metadata?.httpStatusCode;
+    const where = `s3://${this.bucket}/${key}`;
+    const detail = `${name}${status ? ` (HTTP ${status})` : ''}${e.$metadata?.requestId ? `, request id ${e.$metadata.requestId}` : ''}`;
+    let message: string;
+    switch (name) {
+      case 'NoSuchBucket':
+        message = `cannot ${op} ${where}: bucket ${this.bucket} does not exist (at ${this.endpoint})`;
+        break;
+      case 'AccessDenied':
+      case 'Forbidden':
+      case 'AllAccessDisabled':
+        message = `cannot ${op} ${where}: access denied (${detail}); check that the credentials (instance profile or AWS_* environment) allow it`;
+        break;
+      case 'InvalidAccessKeyId':
+      case 'SignatureDoesNotMatch':
+      case 'ExpiredToken':
+      case 'InvalidToken':
+      case 'TokenRefreshRequired':
+        message = `cannot ${op} ${where}: S3 rejected the credentials (${detail}); check the instance profile or the AWS_* environment`;
+        break;
+      case 'CredentialsProviderError':
+        message = `cannot ${op} ${where}: no AWS credentials found (instance profile, AWS_* environment or ~/.aws); configure one`;
+        break;
+      default:
+        if (isNetworkError(e)) {
+          message = `cannot ${op} ${where}: cannot reach S3 at ${this.endpoint} (${e.code ?? name}); is the endpoint right and reachable?`;
+        } else {
+          message = `cannot ${op} ${where}: ${detail}: ${e.message ?? errorMessage(err)}`;
+        }
+    }
+    // No `cause`: SDK errors hold the request, and a logged cause must not leak a signature.
+    return new DetError('DET_ERR_INTERNAL', redact(message, this.secrets));
+  }
+}
+
+function unquote(etag: string | undefined): string | undefined {
+  return etag?.replace(/^"|"$/g, '');
+}
+
+function isNotFound(err: unknown): boolean {
+  const e = err as AwsLikeError;
+  return e?.name === 'NoSuchKey' || e?.name === 'NotFound' || (e?.$metadata?.httpStatusCode === 404 && e?.name !== 'NoSuchBucket');
+}
+
+function isNetworkError(e: AwsLikeError): boolean {
+  return ['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'ETIMEDOUT', 'EAI_AGAIN', 'EHOSTUNREACH', 'EPIPE'].includes(e.code ?? '') || e.name === 'TimeoutError';
+}

@@ -1,0 +1,480 @@
+// One contract suite for checkpoint storage, run on both backends: shared_fs in a temp dir and
+// s3 against the real s3rver of the test environment (a fresh bucket per test). Backend-only
+// behaviour (symlinks escaping the root, keys planted by a standard S3 client, S3 error
+// messages, awscli interoperability) follows the shared suite.
+import { strict as assert } from 'node:assert';
+import { execFile } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import * as net from 'node:net';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+import { Readable } from 'node:stream';
+import { promisify } from 'node:util';
+import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { DetError } from '../../common/errors';
+import {
+  isObjectNotFound,
+  openCheckpointStorage,
+  S3Storage,
+  type CheckpointStorage,
+  type CheckpointStorageKind,
+} from '../../common/storage';
+import { PART_SIZE } from '../../common/storage/s3';
+import { testEnv } from '../support/env';
+import { createTestBucket, deleteTestBucket, S3_TEST_REGION, S3RVER_CREDENTIALS, testS3Client } from '../support/s3';
+
+const execFileP = promisify(execFile);
+const PREFIX = 'team-a/exp-1';
+const LIST_PAGE = 7;
+
+/** A storage under test plus what the backend-specific checks need. */
+interface Opened {
+  storage: CheckpointStorage;
+  /** shared_fs: the root directory; s3: the bucket. */
+  where: string;
+  cleanup(): Promise<void>;
+}
+
+interface Backend {
+  kind: CheckpointStorageKind;
+  open(): Promise<Opened>;
+}
+
+let s3: S3Client | undefined;
+function rawS3(): S3Client {
+  s3 ??= testS3Client();
+  return s3;
+}
+
+const sharedFsBackend: Backend = {
+  kind: 'shared_fs',
+  async open() {
+    const dir = mkdtempSync(path.join(tmpdir(), 'det-storage-'));
+    const root = path.join(dir, 'ckpts');
+    return {
+      storage: openCheckpointStorage({ type: 'shared_fs', host_path: root }),
+      where: root,
+      cleanup: async () => rmSync(dir, { recursive: true, force: true }),
+    };
+  },
+};
+
+const s3Backend: Backend = {
+  kind: 's3',
+  async open() {
+    const bucket = await createTestBucket(rawS3(), 'storage');
+    const storage = openCheckpointStorage(
+      { type: 's3', bucket, prefix: PREFIX, region: S3_TEST_REGION, endpoint_url: testEnv().s3Endpoint, force_path_style: true },
+      { credentials: S3RVER_CREDENTIALS, listPageSize: LIST_PAGE },
+    );
+    return {
+      storage,
+      where: bucket,
+      cleanup: async () => {
+        (storage as S3Storage).destroy();
+        await deleteTestBucket(rawS3(), bucket);
+      },
+    };
+  },
+};
+
+async function readAll(stream: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(Buffer.from(chunk));
+  return Buffer.concat(chunks);
+}
+
+async function listAll(storage: CheckpointStorage, prefix: string) {
+  const out = [];
+  for await (const o of storage.list(prefix)) out.push(o);
+  return out;
+}
+
+function sha256(b: Buffer): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+/** A stream of `total` pseudo-random bytes in 1 MiB chunks, and their sha256. */
+function bigStream(total: number): { stream: Readable; digest: string } {
+  const block = randomBytes(1024 * 1024);
+  const hash = createHash('sha256');
+  const chunks: Buffer[] = [];
+  for (let off = 0, i = 0; off < total; off += block.length, i++) {
+    const chunk = Buffer.from(block.subarray(0, Math.min(block.length, total - off)));
+    chunk.writeUInt32BE(i, 0); // every chunk differs
+    hash.update(chunk);
+    chunks.push(chunk);
+  }
+  return { stream: Readable.from(chunks), digest: hash.digest('hex') };
+}
+
+async function assertInvalidKey(p: Promise<unknown> | (() => unknown), key: string): Promise<void> {
+  await assert.rejects(
+    async () => (typeof p === 'function' ? p() : p),
+    (err: unknown) => {
+      assert.ok(err instanceof DetError, `expected a DetError for ${JSON.stringify(key)}, got ${String(err)}`);
+      assert.equal(err.code, 'DET_ERR_INVALID_ARGUMENT');
+      assert.ok(err.message.includes(JSON.stringify(key)), `message should name the key ${JSON.stringify(key)}: ${err.message}`);
+      return true;
+    },
+  );
+}
+
+const BAD_KEYS = ['../x', 'a/../../x', 'a/..', '..', '/etc/passwd', 'a\\b', '..\\x', 'a//b', 'a/', '/', '', './a', 'x\0y', 'C:/x'];
+
+function storageSuite(backend: Backend): void {
+  describe(`checkpoint storage contract: ${backend.kind}`, function () {
+    let o: Opened;
+    beforeEach(async () => {
+      o = await backend.open();
+    });
+    afterEach(async () => {
+      await o?.cleanup();
+    });
+
+    it('has the right kind', () => {
+      assert.equal(o.storage.kind, backend.kind);
+    });
+
+    it('round-trips a small object, with head before and after', async () => {
+      const body = Buffer.from('{"step": 100}\n');
+      assert.equal(await o.storage.head('c1/metadata.json'), undefined);
+      const put = await o.storage.put('c1/metadata.json', body, { size: body.length, contentType: 'application/json' });
+      assert.equal(typeof put.etag, 'string');
+      assert.deepEqual(await readAll(await o.storage.get('c1/metadata.json')), body);
+      const head = await o.storage.head('c1/metadata.json');
+      assert.equal(head?.size, body.length);
+      assert.equal(head?.etag, put.etag);
+      // Overwriting replaces the content and changes the ETag.
+      const body2 = Buffer.from('{"step": 200, "more": true}\n');
+      const put2 = await o.storage.put('c1/metadata.json', Readable.from([body2]));
+      assert.deepEqual(await readAll(await o.storage.get('c1/metadata.json')), body2);
+      assert.notEqual(put2.etag, put.etag);
+      assert.equal((await o.storage.head('c1/metadata.json'))?.size, body2.length);
+    });
+
+    it('round-trips a ~20 MiB stream of unknown size (multipart on S3)', async () => {
+      const total = 20 * 1024 * 1024 + 12345;
+      const { stream, digest } = bigStream(total);
+      const commands: string[] = [];
+      if (o.storage instanceof S3Storage) {
+        o.storage.client.middlewareStack.add(
+          (next, context) => (args) => {
+            commands.push(String(context.commandName));
+            return next(args);
+          },
+          { step: 'initialize', name: 'countCommands' },
+        );
+      }
+      await o.storage.put('c2/model.bin', stream);
+      if (backend.kind === 's3') {
+        // s3rver's ETag for a multipart object has no "-<parts>" suffix: count the requests instead.
+        assert.equal(commands.filter((c) => c === 'UploadPartCommand').length, Math.ceil(total / PART_SIZE), commands.join(','));
+        assert.equal(commands.filter((c) => c === 'CompleteMultipartUploadCommand').length, 1, commands.join(','));
+      }
+      assert.equal((await o.storage.head('c2/model.bin'))?.size, total);
+      const back = await readAll(await o.storage.get('c2/model.bin'));
+      assert.equal(back.length, total);
+      assert.equal(sha256(back), digest);
+    });
+
+    it('get of a missing object throws ObjectNotFoundError naming its location', async () => {
+      await assert.rejects(o.storage.get('nope/x.bin'), (err: unknown) => {
+        assert.ok(isObjectNotFound(err), String(err));
+        assert.ok((err as Error).message.includes(o.storage.location('nope/x.bin')), (err as Error).message);
+        return true;
+      });
+    });
+
+    it('lists by prefix, across pages, in key order', async () => {
+      const keys: string[] = [];
+      for (let i = 0; i < 30; i++) keys.push(`ckpt/a/f${String(i).padStart(2, '0')}`);
+      const others = ['ckpt/b/x', 'ckpt/ab', 'ckptx', 'zzz/ckpt/a/f00'];
+      await Promise.all([...keys, ...others].map((k) => o.storage.put(k, Buffer.from(k))));
+
+      const underA = await listAll(o.storage, 'ckpt/a/');
+      assert.deepEqual(underA.map((x) => x.key), keys);
+      for (const x of underA) {
+        assert.equal(x.size, Buffer.byteLength(x.key));
+        assert.equal(x.etag, (await o.storage.head(x.key))?.etag);
+      }
+      // A plain string prefix, not a directory: "ckpt/a" also matches "ckpt/ab".
+      assert.deepEqual((await listAll(o.storage, 'ckpt/a')).map((x) => x.key), [...keys, 'ckpt/ab']);
+      assert.deepEqual((await listAll(o.storage, 'ckpt')).map((x) => x.key), [...keys, 'ckpt/ab', 'ckpt/b/x', 'ckptx']);
+      assert.equal((await listAll(o.storage, '')).length, keys.length + others.length);
+      assert.deepEqual(await listAll(o.storage, 'missing/'), []);
+    });
+
+    it('deletes idempotently, tolerating missing keys', async () => {
+      for (const k of ['d/1', 'd/2', 'd/sub/3', 'keep/1']) await o.storage.put(k, Buffer.from(k));
+      await o.storage.delete(['d/1', 'd/sub/3', 'd/never-there']);
+      assert.deepEqual((await listAll(o.storage, '')).map((x) => x.key), ['d/2', 'keep/1']);
+      await o.storage.delete(['d/1', 'd/sub/3', 'd/never-there']);
+      await o.storage.delete([]);
+      // More keys than one S3 DeleteObjects request takes (1000), nearly all missing.
+      const many = Array.from({ length: 1500 }, (_, i) => `d/m${i}`);
+      await o.storage.put('d/m1499', Buffer.from('last'));
+      await o.storage.delete([...many, 'd/2']);
+      assert.deepEqual((await listAll(o.storage, '')).map((x) => x.key), ['keep/1']);
+      assert.equal(await o.storage.head('d/2'), undefined);
+    });
+
+    it('rejects keys with "..", absolute paths, backslashes, empty segments and NUL, naming the key', async () => {
+      for (const key of BAD_KEYS) {
+        await assertInvalidKey(o.storage.put(key, Buffer.from('x')), key);
+        await assertInvalidKey(o.storage.get(key), key);
+        await assertInvalidKey(o.storage.head(key), key);
+        await assertInvalidKey(o.storage.delete(['ok', key]), key);
+        await assertInvalidKey(() => o.storage.location(key), key);
+      }
+      await assertInvalidKey(listAll(o.storage, '../'), '..');
+      // Nothing was written anywhere.
+      assert.deepEqual(await listAll(o.storage, ''), []);
+    });
+
+    it('location() names where a key is', () => {
+      const loc = o.storage.location('c1/model.bin');
+      if (backend.kind === 's3') assert.equal(loc, `s3://${o.where}/${PREFIX}/c1/model.bin`);
+      else assert.equal(loc, path.join(o.where, 'c1', 'model.bin'));
+    });
+  });
+}
+
+describe('checkpoint storage', function () {
+  this.timeout(120_000);
+
+  after(() => {
+    s3?.destroy();
+  });
+
+  storageSuite(sharedFsBackend);
+  storageSuite(s3Backend);
+
+  describe('shared_fs only', () => {
+    let o: Opened;
+    let outside: string;
+    beforeEach(async () => {
+      o = await sharedFsBackend.open();
+      outside = mkdtempSync(path.join(tmpdir(), 'det-outside-'));
+      writeFileSync(path.join(outside, 'secret'), 'do not read');
+      mkdirSync(o.where, { recursive: true });
+    });
+    afterEach(async () => {
+      await o.cleanup();
+      rmSync(outside, { recursive: true, force: true });
+    });
+
+    it('refuses a directory symlink that leads outside the root, for every operation', async () => {
+      symlinkSync(outside, path.join(o.where, 'evil'));
+      for (const key of ['evil/secret', 'evil/new', 'evil/deeper/new']) {
+        await assertInvalidKey(o.storage.get(key), key);
+        await assertInvalidKey(o.storage.head(key), key);
+        await assertInvalidKey(o.storage.put(key, Buffer.from('x')), key);
+        await assertInvalidKey(o.storage.delete([key]), key);
+      }
+      assert.deepEqual(readdirSync(outside), ['secret']);
+      // Listing does not follow the symlink either.
+      assert.deepEqual(await listAll(o.storage, ''), []);
+    });
+
+    it('refuses a file symlink (also a dangling one) that leads outside the root', async () => {
+      symlinkSync(path.join(outside, 'secret'), path.join(o.where, 'link'));
+      symlinkSync(path.join(outside, 'not-yet'), path.join(o.where, 'dangling'));
+      await assertInvalidKey(o.storage.get('link'), 'link');
+      await assertInvalidKey(o.storage.put('dangling', Buffer.from('x')), 'dangling');
+      assert.deepEqual(readdirSync(outside), ['secret']);
+    });
+
+    it('allows symlinks that stay inside the root, and a root that is itself behind a symlink', async () => {
+      await o.storage.put('real/a', Buffer.from('A'));
+      symlinkSync('real', path.join(o.where, 'alias'));
+      assert.deepEqual(await readAll(await o.storage.get('alias/a')), Buffer.from('A'));
+      const via = path.join(path.dirname(o.where), 'via-link');
+      symlinkSync(o.where, via);
+      const storage = openCheckpointStorage({ type: 'shared_fs', host_path: via });
+      assert.deepEqual(await readAll(await storage.get('real/a')), Buffer.from('A'));
+      assert.equal(realpathSync(storage.location('real/a')), realpathSync(path.join(o.where, 'real', 'a')));
+    });
+
+    it('writes atomically: no temp files are left and readers see old or new content only', async () => {
+      await o.storage.put('c/f', Buffer.from('old'));
+      const failing = new Readable({
+        read() {
+          this.push(Buffer.from('partial'));
+          this.destroy(new Error('source failed'));
+        },
+      });
+      await assert.rejects(o.storage.put('c/f', failing));
+      assert.deepEqual(await readAll(await o.storage.get('c/f')), Buffer.from('old'));
+      assert.deepEqual(readdirSync(path.join(o.where, 'c')), ['f']);
+    });
+  });
+
+  describe('s3 only', () => {
+    let bucket: string;
+    let storage: S3Storage;
+    beforeEach(async () => {
+      bucket = await createTestBucket(rawS3(), 's3only');
+      storage = new S3Storage({
+        bucket,
+        prefix: PREFIX,
+        endpointUrl: testEnv().s3Endpoint,
+        forcePathStyle: true,
+        region: S3_TEST_REGION,
+        credentials: S3RVER_CREDENTIALS,
+      });
+    });
+    afterEach(async () => {
+      storage.destroy();
+      await deleteTestBucket(rawS3(), bucket);
+    });
+
+    it('refuses a key with "../" planted by a standard S3 client', async () => {
+      // Stays inside the bucket even on s3rver, whose filesystem store resolves the "..".
+      const planted = `${PREFIX}/sub/../x`;
+      await rawS3().send(new PutObjectCommand({ Bucket: bucket, Key: planted, Body: 'planted' }));
+      // A standard client reads it back under that key; the storage refuses to.
+      const raw = await rawS3().send(new GetObjectCommand({ Bucket: bucket, Key: planted }));
+      assert.equal(await raw.Body?.transformToString(), 'planted');
+      await assertInvalidKey(storage.get('sub/../x'), 'sub/../x');
+      await assertInvalidKey(storage.head('sub/../x'), 'sub/../x');
+    });
+
+    it('refuses to list a planted key that would escape a download directory', async () => {
+      // s3rver cannot list a key with a ".." segment (it resolves them on its filesystem), so this
+      // plants the Windows-style traversal; both fail the same key validation in list().
+      const planted = `${PREFIX}/ok/..\\..\\escape`;
+      await rawS3().send(new PutObjectCommand({ Bucket: bucket, Key: planted, Body: 'planted' }));
+      await storage.put('ok/fine', Buffer.from('fine'));
+      await assert.rejects(listAll(storage, ''), (err: unknown) => {
+        assert.ok(err instanceof DetError && err.code === 'DET_ERR_INVALID_ARGUMENT', String(err));
+        assert.ok(err.message.includes(planted), err.message);
+        return true;
+      });
+    });
+
+    it('keeps objects under its prefix, visible to a standard client under the full key', async () => {
+      await storage.put('c1/a.txt', Buffer.from('hello'));
+      const raw = await rawS3().send(new GetObjectCommand({ Bucket: bucket, Key: `${PREFIX}/c1/a.txt` }));
+      assert.equal(await raw.Body?.transformToString(), 'hello');
+      await rawS3().send(new PutObjectCommand({ Bucket: bucket, Key: 'elsewhere/b.txt', Body: 'x' }));
+      assert.deepEqual((await listAll(storage, '')).map((x) => x.key), ['c1/a.txt']);
+    });
+
+    it('says clearly when the bucket does not exist', async () => {
+      const missing = new S3Storage({ bucket: `${bucket}-missing`, endpointUrl: testEnv().s3Endpoint, forcePathStyle: true, region: S3_TEST_REGION, credentials: S3RVER_CREDENTIALS });
+      try {
+        await assert.rejects(missing.put('a', Buffer.from('x')), /bucket det-test-.*-missing does not exist/);
+        await assert.rejects(listAll(missing, ''), /does not exist/);
+      } finally {
+        missing.destroy();
+      }
+    });
+
+    it('never puts credentials into error messages', async () => {
+      const secretAccessKey = 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY';
+      const accessKeyId = 'AKIAIOSFODNN7EXAMPLE';
+      const wrong = new S3Storage({ bucket, endpointUrl: testEnv().s3Endpoint, forcePathStyle: true, region: S3_TEST_REGION, maxAttempts: 1, credentials: { accessKeyId, secretAccessKey } });
+      try {
+        for (const op of [() => wrong.put('a', Buffer.from('x')), () => wrong.get('a'), () => listAll(wrong, ''), () => wrong.delete(['a'])]) {
+          await assert.rejects(op(), (err: unknown) => {
+            const text = `${(err as Error).message} ${JSON.stringify(err)} ${String((err as Error).stack)}`;
+            assert.ok(err instanceof DetError, String(err));
+            assert.ok(!text.includes(secretAccessKey) && !text.includes(accessKeyId), `credentials leaked: ${text}`);
+            assert.match(err.message, /rejected the credentials|access denied/);
+            return true;
+          });
+        }
+      } finally {
+        wrong.destroy();
+      }
+    });
+
+    it('says clearly when the endpoint cannot be reached', async () => {
+      const port = await new Promise<number>((resolve) => {
+        const srv = net.createServer().listen(0, '127.0.0.1', () => {
+          const p = (srv.address() as net.AddressInfo).port;
+          srv.close(() => resolve(p));
+        });
+      });
+      const dead = new S3Storage({ bucket, endpointUrl: `http://127.0.0.1:${port}`, forcePathStyle: true, region: S3_TEST_REGION, maxAttempts: 2, credentials: S3RVER_CREDENTIALS });
+      try {
+        await assert.rejects(dead.head('a'), new RegExp(`cannot reach S3 at http://127\\.0\\.0\\.1:${port}`));
+      } finally {
+        dead.destroy();
+      }
+    });
+
+    describe('interoperability with awscli', () => {
+      const awsEnv = (): NodeJS.ProcessEnv => ({
+        ...process.env,
+        AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
+        AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
+        AWS_DEFAULT_REGION: S3_TEST_REGION,
+        AWS_CONFIG_FILE: '/dev/null',
+        AWS_SHARED_CREDENTIALS_FILE: '/dev/null',
+        AWS_EC2_METADATA_DISABLED: 'true',
+        AWS_PAGER: '',
+      });
+      const aws = async (...args: string[]) => {
+        try {
+          return await execFileP('aws', [...args, '--endpoint-url', testEnv().s3Endpoint], { env: awsEnv(), timeout: 60_000, maxBuffer: 64 * 1024 * 1024, encoding: 'buffer' });
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+            throw new Error('awscli (`aws`) is not on PATH: test/env/setup.sh installs it (apt-get install -y awscli)');
+          }
+          throw err;
+        }
+      };
+
+      it('what the storage writes, aws s3 reads; what aws s3 writes, the storage reads', async () => {
+        const dir = mkdtempSync(path.join(tmpdir(), 'det-awscli-'));
+        try {
+          const { stream, digest } = bigStream(9 * 1024 * 1024);
+          await storage.put('c1/model.bin', stream);
+          await storage.put('c1/meta.json', Buffer.from('{"a":1}'));
+          await aws('s3', 'cp', '--recursive', '--only-show-errors', `s3://${bucket}/${PREFIX}/c1/`, path.join(dir, 'down'));
+          assert.deepEqual(readdirSync(path.join(dir, 'down')).sort(), ['meta.json', 'model.bin']);
+          assert.equal(sha256(readFileSync(path.join(dir, 'down', 'model.bin'))), digest);
+          const ls = (await aws('s3', 'ls', `s3://${bucket}/${PREFIX}/c1/`)).stdout.toString();
+          assert.match(ls, /\s9437184 model\.bin/);
+
+          const up = randomBytes(12 * 1024 * 1024 + 7); // over awscli's 8 MiB multipart threshold
+          writeFileSync(path.join(dir, 'up.bin'), up);
+          await aws('s3', 'cp', '--only-show-errors', path.join(dir, 'up.bin'), `s3://${bucket}/${PREFIX}/c2/up.bin`);
+          assert.equal(sha256(await readAll(await storage.get('c2/up.bin'))), sha256(up));
+          assert.deepEqual((await listAll(storage, 'c2/')).map((x) => [x.key, x.size]), [['c2/up.bin', up.length]]);
+        } finally {
+          rmSync(dir, { recursive: true, force: true });
+        }
+      });
+    });
+  });
+
+  describe('openCheckpointStorage config', () => {
+    it('reports every problem at once, each naming its key', () => {
+      assert.throws(
+        () => openCheckpointStorage({ type: 's3', bucket: 'Bad_Bucket', prefix: '../x', endpoint_url: 'not a url', force_path_style: 'yes', extra: 1 }),
+        (err: unknown) => {
+          assert.ok(err instanceof DetError, String(err));
+          for (const key of ['checkpoint_storage.bucket', 'checkpoint_storage.prefix', 'checkpoint_storage.endpoint_url', 'checkpoint_storage.force_path_style', 'checkpoint_storage.extra']) {
+            assert.ok(err.message.includes(key), `${key} missing from: ${err.message}`);
+          }
+          assert.match(err.message, /\(5 problems\)/);
+          return true;
+        },
+      );
+      assert.throws(() => openCheckpointStorage({ type: 'shared_fs', host_path: 'relative/dir' }), /checkpoint_storage\.host_path: must be an absolute path/);
+      assert.throws(() => openCheckpointStorage({ type: 'gcs' }), /checkpoint_storage\.type/);
+    });
+
+    it('opens each backend from its config', () => {
+      assert.equal(openCheckpointStorage({ type: 'shared_fs', host_path: '/var/lib/det/ckpt' }).kind, 'shared_fs');
+      const s = openCheckpointStorage({ type: 's3', bucket: 'my-ckpts', prefix: 'team-a' });
+      assert.equal(s.kind, 's3');
+      assert.equal(s.location('x/y'), 's3://my-ckpts/team-a/x/y');
+      (s as S3Storage).destroy();
+    });
+  });
+});
