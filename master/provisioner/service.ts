@@ -226,7 +226,9 @@ export class ProvisionerService implements ProvisionerStatusSource {
         this.log.info('launching instances', { pool: p.name, count: l.count, type: l.instanceType, subnet: l.subnetId || undefined, spot: l.spot });
         const launched = await p.provider.launch({ pool: p.name, ...offering, count: l.count, clientToken });
         const at = Date.now();
-        p.state.instances.push(...launched.map((i) => ({ ...i, accountedUntilMs: at })));
+        // A client token reused after a crash returns instances already adopted from the provider's list.
+        const known = new Set(p.state.instances.map((i) => i.id));
+        p.state.instances.push(...launched.filter((i) => !known.has(i.id)).map((i) => ({ ...i, accountedUntilMs: at })));
         p.state.memory = onLaunchSuccess(p.state.memory, offering, at);
       } catch (err) {
         const e = err instanceof LaunchError ? err : new LaunchError('other', 'Error', errorMessage(err));
