@@ -67,6 +67,8 @@ export class Cluster {
   private readonly experiments = new Map<number, LiveExperiment>();
   private readonly allocations = new Map<string, LiveAllocation>();
   private readonly queue = new Map<number, PendingTask>();
+  /** Agents whose instance is being terminated: kept disabled even if they register late. */
+  private readonly retiring = new Map<string, string>();
   /** Recently released allocations, so log lines that arrive after the exit is known are still stored. */
   private readonly released = new Map<string, LiveAllocation>();
   /** Emits 'changed' (pool name) whenever demand or capacity of a pool may have changed. */
@@ -139,6 +141,25 @@ export class Cluster {
       this.log.info(enabled ? 'agent enabled' : 'agent disabled', { agent: agentId, reason });
       if (enabled) this.requestSchedule();
       this.changed(a.pool);
+    });
+  }
+
+  /**
+   * Atomically (on the serial queue): if the agent runs nothing, disable it for good — also if it
+   * registers later — and return true, so its instance can be terminated; false if it is busy.
+   */
+  retireIfIdle(agentId: string, reason: string): Promise<boolean> {
+    return this.serial(async () => {
+      if (this.runningTasksOn(agentId) > 0) return false;
+      this.retiring.set(agentId, reason);
+      const a = this.agents.get(agentId);
+      if (a?.enabled) {
+        a.enabled = false;
+        a.disabledReason = reason;
+        await this.store.putAgent(agentRecord(a));
+        this.log.info('agent disabled', { agent: agentId, reason });
+      }
+      return true;
     });
   }
 
@@ -246,6 +267,11 @@ export class Cluster {
         throw new DetError('DET_ERR_AGENT_ID_IN_USE', `agent id '${reg.agentId}' is already connected from ${existing.channel.address}; give each agent a unique agent_id`);
       }
       const entry = this.agents.upsert(reg, channel, Date.now());
+      const retiring = this.retiring.get(entry.id);
+      if (retiring !== undefined) {
+        entry.enabled = false;
+        entry.disabledReason = retiring;
+      }
       await this.store.putAgent(agentRecord(entry));
 
       // Reconcile: keep what we expect and the agent still has; the rest is lost or must die.

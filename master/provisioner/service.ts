@@ -200,18 +200,21 @@ export class ProvisionerService implements ProvisionerStatusSource {
       if (this.cluster.agents.get(d.id)) await this.cluster.setAgentEnabled(d.id, false, d.reason);
     }
     for (const t of plan.terminate) {
-      // Re-check against the live cluster: a node running a task is never terminated.
-      const busy = this.cluster.runningTasksOn(t.id);
-      if (busy > 0) {
-        this.log.warn('not terminating a busy instance', { pool: p.name, instance: t.id, tasks: busy, reason: t.reason });
+      // Disable and re-check in one step on the cluster's queue: a node running a task is never terminated.
+      if (!(await this.cluster.retireIfIdle(t.id, `instance terminated: ${t.reason}`))) {
+        this.log.warn('not terminating a busy instance', { pool: p.name, instance: t.id, reason: t.reason });
         continue;
       }
-      // Whatever the reason, its agent gets no new work from here on (it may connect late).
-      const agent = this.cluster.agents.get(t.id);
-      if (agent?.enabled) await this.cluster.setAgentEnabled(t.id, false, `instance terminated: ${t.reason}`);
       this.log.info('terminating instance', { pool: p.name, instance: t.id, reason: t.reason });
       p.terminating.add(t.id);
-      await p.provider.terminate([t.id]);
+      try {
+        await p.provider.terminate([t.id]);
+      } catch (err) {
+        // Keep going: one instance that cannot be terminated must not stop launches for queued work.
+        p.terminating.delete(t.id);
+        this.log.error('terminate failed; retrying on the next pass', { pool: p.name, instance: t.id, err: errorMessage(err) });
+        continue;
+      }
       const tracked = p.state.instances.find((i) => i.id === t.id);
       if (tracked) {
         this.account(p, tracked, Date.now());
@@ -222,6 +225,8 @@ export class ProvisionerService implements ProvisionerStatusSource {
     for (const l of plan.launch) {
       const offering = { instanceType: l.instanceType, subnetId: l.subnetId, spot: l.spot };
       const clientToken = `${p.state.tokenPrefix}-${p.state.launches++}`;
+      // The counter is stored before the call, so a crash never makes the next launch reuse this token.
+      await this.store.putProvisionerState(p.name, JSON.stringify(p.state));
       try {
         this.log.info('launching instances', { pool: p.name, count: l.count, type: l.instanceType, subnet: l.subnetId || undefined, spot: l.spot });
         const launched = await p.provider.launch({ pool: p.name, ...offering, count: l.count, clientToken });

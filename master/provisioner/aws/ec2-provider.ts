@@ -74,6 +74,8 @@ export class Ec2Provider implements Provider {
       region: opts.region,
       ...(opts.endpoint !== undefined ? { endpoint: opts.endpoint } : {}),
       maxAttempts: EC2_MAX_ATTEMPTS,
+      // A stalled connection must fail (and be retried) rather than freeze the pool's provisioner.
+      requestHandler: { connectionTimeout: 5_000, requestTimeout: 30_000 },
     });
   }
 

@@ -84,8 +84,11 @@ export class LocalProvider implements Provider {
 
   async launch(req: LaunchRequest): Promise<InstanceInfo[]> {
     const out: InstanceInfo[] = [];
-    for (let i = 0; i < req.count; i++) out.push(this.start());
-    this.save();
+    try {
+      for (let i = 0; i < req.count; i++) out.push(this.start());
+    } finally {
+      this.save();
+    }
     return out;
   }
 
