@@ -23,7 +23,7 @@ import { startServer, type MasterServer } from '../../master/server';
 import { openSqliteStore } from '../../master/store/sqlite';
 import type { Store } from '../../master/store/store';
 import { waitFor } from '../support/env';
-import { createExperiment as createExperimentWith, getTrial, rpc, waitTrial } from '../support/admin-api';
+import { createExperiment as createExperimentWith, getTrial, rpc, singleTrialYaml, waitTrial } from '../support/admin-api';
 import { cpuDevices, cudaDevices, logLines, RawAgent, registration, report } from '../support/raw-agent';
 
 /** CreateExperiment with this file's default config. */
@@ -92,20 +92,7 @@ const getMaster = (m: TestMaster) => rpc<GetMasterResponse__Output>((cb) => m.ap
 
 /** Experiment YAML: one trial (single searcher) with three constant hyperparameters. */
 function experimentYaml(o: { slots?: number; maxRestarts?: number; killGrace?: string } = {}): string {
-  return [
-    'name: proto-test',
-    'image: det-test/busybox:latest',
-    'entrypoint: ["sh", "-c", "echo hello"]',
-    `max_restarts: ${o.maxRestarts ?? 0}`,
-    `kill_grace_period: ${o.killGrace ?? '3s'}`,
-    'resources:',
-    `  slots_per_trial: ${o.slots ?? 1}`,
-    'hyperparameters:',
-    '  lr: 0.01',
-    '  layers: 3',
-    '  optimizer: adam',
-    '',
-  ].join('\n');
+  return singleTrialYaml({ name: 'proto-test', command: 'echo hello', slots: o.slots ?? 1, maxRestarts: o.maxRestarts, killGrace: o.killGrace, hparams: ['lr: 0.01', 'layers: 3', 'optimizer: adam'] });
 }
 
 async function waitExperiment(m: TestMaster, experimentId: number, state: string): Promise<Experiment__Output> {

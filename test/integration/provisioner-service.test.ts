@@ -23,7 +23,7 @@ import { startServer, type MasterServer } from '../../master/server';
 import { openSqliteStore } from '../../master/store/sqlite';
 import type { Store } from '../../master/store/store';
 import { waitFor } from '../support/env';
-import { createExperiment as createExperimentWith, getTrial, rpc, waitTrial } from '../support/admin-api';
+import { createExperiment as createExperimentWith, getTrial, rpc, singleTrialYaml, waitTrial } from '../support/admin-api';
 import { MemoryProvider } from '../support/memory-provider';
 import { cpuDevices, RawAgent, registration, report } from '../support/raw-agent';
 
@@ -130,18 +130,7 @@ const instanceIds = async (m: TestMaster) => (await poolStatus(m)).instances.map
 
 /** Experiment YAML: one trial (single searcher). */
 function experimentYaml(o: { slots?: number; maxRestarts?: number; killGrace?: string } = {}): string {
-  return [
-    'name: provisioner-test',
-    'image: det-test/busybox:latest',
-    'entrypoint: ["sh", "-c", "sleep 600"]',
-    `max_restarts: ${o.maxRestarts ?? 0}`,
-    `kill_grace_period: ${o.killGrace ?? '3s'}`,
-    'resources:',
-    `  slots_per_trial: ${o.slots ?? 2}`,
-    'hyperparameters:',
-    '  lr: 0.01',
-    '',
-  ].join('\n');
+  return singleTrialYaml({ name: 'provisioner-test', command: 'sleep 600', slots: o.slots ?? 2, maxRestarts: o.maxRestarts, killGrace: o.killGrace });
 }
 
 /** Waits until the provider has launched `n` instances in all; returns the n-th id. */

@@ -38,3 +38,31 @@ export async function waitTrial(m: HasApi, trialId: number, state: string, also:
   }, { ...API_WAIT, what: `trial ${trialId} to be ${state} (last seen: ${JSON.stringify(last && { state: last.state, restarts: last.restarts, agent: last.agentId, message: last.message })})` });
   return last!;
 }
+
+/** Fields of a one-trial experiment config for the in-process suites. */
+export interface SingleTrialConfig {
+  name: string;
+  /** Shell command the trial runs. */
+  command: string;
+  slots: number;
+  maxRestarts?: number;
+  killGrace?: string;
+  /** Constant hyperparameters, as YAML lines (`name: value`). */
+  hparams?: string[];
+}
+
+/** Experiment YAML with one trial (single searcher). */
+export function singleTrialYaml(c: SingleTrialConfig): string {
+  return [
+    `name: ${c.name}`,
+    'image: det-test/busybox:latest',
+    `entrypoint: ["sh", "-c", ${JSON.stringify(c.command)}]`,
+    `max_restarts: ${c.maxRestarts ?? 0}`,
+    `kill_grace_period: ${c.killGrace ?? '3s'}`,
+    'resources:',
+    `  slots_per_trial: ${c.slots}`,
+    'hyperparameters:',
+    ...(c.hparams ?? ['lr: 0.01']).map((h) => `  ${h}`),
+    '',
+  ].join('\n');
+}
