@@ -246,6 +246,7 @@ export class ProvisionerService implements ProvisionerStatusSource {
     }
     await this.store.putProvisionerState(p.name, JSON.stringify(p.state));
     if (retry) p.again = true;
+    this.log.debug('provisioner pass', { pool: p.name, pending: this.cluster.pendingTasks(p.name).length, instances: p.state.instances.length, launches: plan.launch.length, terminations: plan.terminate.length });
   }
 
   /** Status for `det provisioner status`. */

@@ -96,7 +96,8 @@ describe('e2e: dynamic agents', function () {
       tags: {team: ml}
 `,
     );
-    const awsEnv = { AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', AWS_EC2_METADATA_DISABLED: 'true', AWS_REGION: 'us-west-2' };
+    // Debug logging: each provisioner pass logs a line, so the test can wait for passes instead of time.
+    const awsEnv = { AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', AWS_EC2_METADATA_DISABLED: 'true', AWS_REGION: 'us-west-2', DET_LOG_LEVEL: 'debug' };
     master = await startMaster(['--config-file', config], awsEnv);
     const m = ['-m', master.address];
     const exp = writeFile('exp.yaml', `name: gpu-job\nimage: ${env.image}\nentrypoint: ["true"]\nresources: {resource_pool: gpu, slots_per_trial: 1}\n`);
@@ -123,7 +124,12 @@ describe('e2e: dynamic agents', function () {
     await det([...m, 'experiment', 'create', exp]);
     await waitFor(async () => (await status()).nextLaunchAllowedAtMs > Date.now() || ec2!.calls('RunInstances').length - before >= 6, { what: 'backoff after every offering failed', timeoutMs: 30_000 });
     const settled = ec2.calls('RunInstances').length;
-    await new Promise((r) => setTimeout(r, 1500)); // a bounded observation window, not a synchronisation
+    // More demand while backing off: the passes it triggers must not call RunInstances.
+    const passes = () => (master!.proc.stderr.match(/provisioner pass pool=gpu/g) ?? []).length;
+    const passesBefore = passes();
+    await det([...m, 'experiment', 'create', exp]);
+    await det([...m, 'experiment', 'create', exp]);
+    await waitFor(() => passes() >= passesBefore + 2, { what: 'two more provisioner passes', timeoutMs: 30_000 });
     assert.equal(ec2.calls('RunInstances').length, settled, 'no launch storm while backing off');
     assert.ok(settled - before <= 6, `calls during the outage: ${settled - before}`);
     const text = await det([...m, 'provisioner', 'status']);

@@ -1,4 +1,5 @@
 // The det CLI against a fake master (a real gRPC server on 127.0.0.1:0).
+import { waitFor as waitForCondition } from '../support/env';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -33,13 +34,9 @@ async function det(args: string[], io: Partial<CliIO> = {}): Promise<Result> {
   return { code, stdout, stderr };
 }
 
-/** Resolves once `predicate` holds, polling on the event loop (no fixed sleeps). */
-async function waitFor(predicate: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const start = Date.now();
-  while (!predicate()) {
-    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
+/** Resolves once `predicate` holds (test/support/env.ts waitFor, polling every 5 ms). */
+function waitFor(predicate: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  return waitForCondition(predicate, { what, timeoutMs, intervalMs: 5 });
 }
 
 function logRequests(fake: FakeMaster): TrialLogsRequest__Output[] {
