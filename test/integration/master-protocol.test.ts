@@ -7,22 +7,15 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { createLogger } from '../../common/log';
-import { apiProto } from '../../common/proto/load';
-import type { DeterminedClient } from '../../common/proto-gen/determined/api/v1/Determined';
 import type { Agent__Output } from '../../common/proto-gen/determined/api/v1/Agent';
 import type { Experiment__Output } from '../../common/proto-gen/determined/api/v1/Experiment';
 import type { GetMasterResponse__Output } from '../../common/proto-gen/determined/api/v1/GetMasterResponse';
-import type { Trial__Output } from '../../common/proto-gen/determined/api/v1/Trial';
 import type { TrialLog__Output } from '../../common/proto-gen/determined/api/v1/TrialLog';
 import type { TrialLogsResponse__Output } from '../../common/proto-gen/determined/api/v1/TrialLogsResponse';
 import type { HeartbeatTiming } from '../../master/agents/heartbeat';
 import { MIN_HEARTBEAT_INTERVAL_MS } from '../../master/agents/heartbeat';
-import { Cluster } from '../../master/cluster/cluster';
-import { startServer, type MasterServer } from '../../master/server';
-import { openSqliteStore } from '../../master/store/sqlite';
-import type { Store } from '../../master/store/store';
 import { waitFor } from '../support/env';
+import { startInProcessMaster, type InProcessMaster } from '../support/in-process-master';
 import { createExperiment as createExperimentWith, getTrial, rpc, singleTrialYaml, waitTrial } from '../support/admin-api';
 import { cpuDevices, cudaDevices, logLines, RawAgent, registration, report } from '../support/raw-agent';
 
@@ -33,47 +26,17 @@ const TOKEN = 'proto-test-join-token-5e1f0c9a';
 const WAIT = { timeoutMs: 5_000, intervalMs: 20 };
 
 /** An in-process master with its captured log. */
-interface TestMaster {
-  cluster: Cluster;
-  store: Store;
-  server: MasterServer;
-  address: string;
-  api: DeterminedClient;
-  /** Every log line the master wrote. */
-  log: string[];
-  /** Shuts down as det-master does on SIGTERM; calling twice is harmless. */
-  stop(): Promise<void>;
-}
+type TestMaster = InProcessMaster;
 
 let tmp: string;
 let masters: TestMaster[] = [];
 let agents: RawAgent[] = [];
 
 async function startMaster(opts: { dbFile?: string; graceMs?: number } = {}): Promise<TestMaster> {
-  const log: string[] = [];
-  const logger = createLogger('master', { level: 'debug', sink: (line) => log.push(line) });
-  const store = await openSqliteStore(opts.dbFile ?? path.join(tmp, 'determined.db'));
-  const cluster = await Cluster.open(
-    store,
-    { resourcePools: [{ name: 'default', description: 'test pool' }, { name: 'spare', description: 'another pool' }], defaultResourcePool: 'default', agentReconnectGraceMs: opts.graceMs ?? 60_000 },
-    logger.child('cluster'),
-  );
-  const server = await startServer(cluster, { host: '127.0.0.1', port: 0, tls: undefined, agentToken: TOKEN, facts: { clusterName: 'proto-test', startedAtMs: Date.now(), tls: false } }, logger.child('grpc'));
-  const address = `127.0.0.1:${server.port}`;
-  const Determined = apiProto().determined.api.v1.Determined;
-  const api = new Determined(address, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 }) as unknown as DeterminedClient;
-  let stopping: Promise<void> | undefined;
-  const m: TestMaster = {
-    cluster, store, server, address, api, log,
-    stop: () =>
-      (stopping ??= (async () => {
-        api.close();
-        cluster.disconnectAgents('the master is shutting down');
-        await server.shutdown(2_000);
-        await cluster.close();
-        await store.close();
-      })()),
-  };
+  const m = await startInProcessMaster({
+    dbFile: opts.dbFile ?? path.join(tmp, 'determined.db'), token: TOKEN, clusterName: 'proto-test', graceMs: opts.graceMs,
+    pools: [{ name: 'default', description: 'test pool' }, { name: 'spare', description: 'another pool' }],
+  });
   masters.push(m);
   return m;
 }

@@ -9,20 +9,14 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { createLogger } from '../../common/log';
-import { apiProto } from '../../common/proto/load';
 import type { Agent__Output } from '../../common/proto-gen/determined/api/v1/Agent';
-import type { DeterminedClient } from '../../common/proto-gen/determined/api/v1/Determined';
 import type { Experiment__Output } from '../../common/proto-gen/determined/api/v1/Experiment';
 import type { ProvisionerPool__Output } from '../../common/proto-gen/determined/api/v1/ProvisionerPool';
 import type { Trial__Output } from '../../common/proto-gen/determined/api/v1/Trial';
-import { Cluster } from '../../master/cluster/cluster';
 import { ProvisionerService } from '../../master/provisioner/service';
 import { LaunchError, type PoolScaling } from '../../master/provisioner/types';
-import { startServer, type MasterServer } from '../../master/server';
-import { openSqliteStore } from '../../master/store/sqlite';
-import type { Store } from '../../master/store/store';
 import { waitFor } from '../support/env';
+import { startInProcessMaster, type InProcessMaster } from '../support/in-process-master';
 import { createExperiment as createExperimentWith, getTrial, rpc, singleTrialYaml, waitTrial } from '../support/admin-api';
 import { MemoryProvider } from '../support/memory-provider';
 import { cpuDevices, RawAgent, registration, report } from '../support/raw-agent';
@@ -39,19 +33,11 @@ const TICK_MS = 100;
 const MS_PER_HOUR = 3_600_000;
 
 /** An in-process master with a provisioner service and its captured log. */
-interface TestMaster {
-  cluster: Cluster;
-  store: Store;
-  server: MasterServer;
+interface TestMaster extends InProcessMaster {
   service: ProvisionerService;
   provider: MemoryProvider;
   /** The pool's settings as the service holds them (mutable, as a config reload would be). */
   scaling: PoolScaling;
-  address: string;
-  api: DeterminedClient;
-  log: string[];
-  /** Stops the service, then the master as det-master does; calling twice is harmless. */
-  stop(): Promise<void>;
 }
 
 let tmp: string;
@@ -68,43 +54,13 @@ function scaling(over: Partial<PoolScaling> = {}): PoolScaling {
 }
 
 async function startMaster(o: { provider: MemoryProvider; scaling: PoolScaling; tickMs: number; dbFile?: string; graceMs?: number }): Promise<TestMaster> {
-  const log: string[] = [];
-  const logger = createLogger('master', { level: 'debug', sink: (line) => log.push(line) });
-  const store = await openSqliteStore(o.dbFile ?? path.join(tmp, 'determined.db'));
-  const cluster = await Cluster.open(
-    store,
-    { resourcePools: [{ name: POOL, description: 'provisioned pool' }], defaultResourcePool: POOL, agentReconnectGraceMs: o.graceMs ?? 60_000 },
-    logger.child('cluster'),
-  );
-  let service: ProvisionerService | undefined;
-  const server = await startServer(
-    cluster,
-    {
-      host: '127.0.0.1', port: 0, tls: undefined, agentToken: TOKEN, facts: { clusterName: 'provisioner-test', startedAtMs: Date.now(), tls: false },
-      provisioner: { status: (pool) => service?.status(pool) ?? Promise.resolve([]) },
-    },
-    logger.child('grpc'),
-  );
-  service = new ProvisionerService(cluster, store, new Map([[POOL, { scaling: o.scaling, provider: o.provider }]]), logger.child('provisioner'), o.tickMs);
-  const address = `127.0.0.1:${server.port}`;
-  const Determined = apiProto().determined.api.v1.Determined;
-  const api = new Determined(address, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 }) as unknown as DeterminedClient;
-  let stopping: Promise<void> | undefined;
-  const svc = service;
-  const m: TestMaster = {
-    cluster, store, server, service: svc, provider: o.provider, scaling: o.scaling, address, api, log,
-    stop: () =>
-      (stopping ??= (async () => {
-        await svc.stop();
-        api.close();
-        cluster.disconnectAgents('the master is shutting down');
-        await server.shutdown(2_000);
-        await cluster.close();
-        await store.close();
-      })()),
-  };
+  const base = await startInProcessMaster({
+    dbFile: o.dbFile ?? path.join(tmp, 'determined.db'), token: TOKEN, clusterName: 'provisioner-test', graceMs: o.graceMs,
+    pools: [{ name: POOL, description: 'provisioned pool' }],
+    provisioner: (cluster, store, log) => new ProvisionerService(cluster, store, new Map([[POOL, { scaling: o.scaling, provider: o.provider }]]), log, o.tickMs),
+  });
+  const m: TestMaster = { ...base, service: base.service!, provider: o.provider, scaling: o.scaling };
   masters.push(m);
-  await svc.start();
   return m;
 }
 
