@@ -133,6 +133,27 @@ alive() {
   [[ "${stat%% *}" != Z ]]
 }
 
+# wait_until_up NAME PID LOGFILE WHERE CHECK...: polls CHECK (a command) until it succeeds; dies
+# with the log's tail if the process exits first or WAIT_S passes.
+wait_until_up() {
+  local name=$1 pid=$2 logf=$3 where=$4
+  shift 4
+  local i
+  for ((i = 0; i < WAIT_S * 10; i++)); do
+    if "$@"; then
+      log "$name is up (pid $pid)"
+      return 0
+    fi
+    if ! alive "$pid"; then
+      tail_log "$logf"
+      die "$name exited during startup (see $logf)"
+    fi
+    sleep 0.1
+  done
+  tail_log "$logf"
+  die "$name did not answer on $where within ${WAIT_S}s (see $logf)"
+}
+
 pid_ours() { # pidfile comm -> prints pid
   local pidfile="$1" comm="$2" pid
   [[ -f "$pidfile" ]] || return 1
@@ -340,19 +361,7 @@ EOF
   setsid /usr/bin/docker-registry serve "$config" </dev/null >"$logf" 2>&1 9>&- &
   pid=$!
   printf '%s\n' "$pid" >"$pidfile"
-  for ((i = 0; i < WAIT_S * 10; i++)); do
-    if registry_answers; then
-      log "registry is up (pid $pid)"
-      return 0
-    fi
-    if ! alive "$pid"; then
-      tail_log "$logf"
-      die "docker-registry exited during startup (see $logf)"
-    fi
-    sleep 0.1
-  done
-  tail_log "$logf"
-  die "docker-registry did not answer on http://${REGISTRY}/v2/ within ${WAIT_S}s (see $logf)"
+  wait_until_up docker-registry "$pid" "$logf" "http://${REGISTRY}/v2/" registry_answers
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -480,19 +489,7 @@ start_s3() {
     </dev/null >"$logf" 2>&1 9>&- &
   pid=$!
   printf '%s\n' "$pid" >"$pidfile"
-  for ((i = 0; i < WAIT_S * 10; i++)); do
-    if s3_answers; then
-      log "s3rver is up (pid $pid)"
-      return 0
-    fi
-    if ! alive "$pid"; then
-      tail_log "$logf"
-      die "s3rver exited during startup (see $logf)"
-    fi
-    sleep 0.1
-  done
-  tail_log "$logf"
-  die "s3rver did not answer on ${S3_ENDPOINT}/ within ${WAIT_S}s (see $logf)"
+  wait_until_up s3rver "$pid" "$logf" "${S3_ENDPOINT}/" s3_answers
 }
 
 # ---------------------------------------------------------------------------------------------
