@@ -119,10 +119,13 @@ export class Cluster {
   }
 
   /** Allocations currently placed on an agent. */
+  private allocationsOn(agentId: string): LiveAllocation[] {
+    return [...this.allocations.values()].filter((a) => a.agentId === agentId);
+  }
+
+  /** Number of allocations currently placed on an agent. */
   runningTasksOn(agentId: string): number {
-    let n = 0;
-    for (const a of this.allocations.values()) if (a.agentId === agentId) n++;
-    return n;
+    return this.allocationsOn(agentId).length;
   }
 
   private changed(pool: string): void {
@@ -278,7 +281,7 @@ export class Cluster {
       const reported = new Map(reg.containers.map((c) => [c.allocationId, c]));
       const expected: string[] = [];
       const commands: MasterToAgent[] = [];
-      for (const alloc of [...this.allocations.values()].filter((a) => a.agentId === entry.id)) {
+      for (const alloc of this.allocationsOn(entry.id)) {
         const report = reported.get(alloc.id);
         const trial = this.trials.get(alloc.trialId)!;
         if (!report) {
@@ -352,7 +355,7 @@ export class Cluster {
       entry.idleSinceMs = null;
       await this.store.putAgent(agentRecord(entry));
       this.changed(entry.pool);
-      const running = [...this.allocations.values()].filter((a) => a.agentId === agentId).length;
+      const running = this.runningTasksOn(agentId);
       this.log.warn('agent disconnected', { agent: agentId, reason, allocations: running, grace_ms: this.opts.agentReconnectGraceMs });
       this.startGrace(entry);
     });
@@ -373,7 +376,7 @@ export class Cluster {
       entry.disabledReason = reason;
       await this.store.putAgent(agentRecord(entry));
     }
-    for (const alloc of [...this.allocations.values()].filter((a) => a.agentId === entry.id)) {
+    for (const alloc of this.allocationsOn(entry.id)) {
       if (this.preempting.has(alloc.id)) continue;
       this.preempting.set(alloc.id, reason);
       const trial = this.trials.get(alloc.trialId)!;
@@ -388,7 +391,7 @@ export class Cluster {
       entry.graceTimer = undefined;
       void this.serial(async () => {
         if (entry.channel) return;
-        for (const alloc of [...this.allocations.values()].filter((a) => a.agentId === entry.id)) {
+        for (const alloc of this.allocationsOn(entry.id)) {
           const preempted = this.preempting.get(alloc.id);
           const reason = preempted ?? `agent ${entry.id} did not reconnect within ${Math.round(this.opts.agentReconnectGraceMs / 1000)}s`;
           await this.apply(this.trials.get(alloc.trialId)!, { type: 'lost', reason, countsAsRestart: preempted === undefined });
@@ -592,7 +595,7 @@ export class Cluster {
       }
     }
     // Agents holding allocations get the reconnect grace period to come back.
-    for (const agent of this.agents.all()) if (agent.usedSlots.size > 0 || [...this.allocations.values()].some((a) => a.agentId === agent.id)) this.startGrace(agent);
+    for (const agent of this.agents.all()) if (this.runningTasksOn(agent.id) > 0) this.startGrace(agent);
     if (active.length > 0) this.log.info('recovered unfinished work from the store', { trials: active.length, allocations: this.allocations.size });
     this.requestSchedule();
   }
