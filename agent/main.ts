@@ -1,13 +1,16 @@
 // det-agent: config (from the file, or with --config-source ec2 also from EC2
 // user data), Docker check, device detection, then the session with the master
 // until SIGINT/SIGTERM (or a fatal rejection).
+import * as path from 'node:path';
 import { rootAbortController } from '../common/abort';
 import { exitCodeFor, runDaemon } from '../common/daemon';
 import { parseDaemonFlags, type FlagSpec, type ParsedFlags } from '../common/config/flags';
 import { DetError } from '../common/errors';
 import { createLogger, redactSecrets } from '../common/log';
 import { DockerRuntime } from './containers/docker';
+import { HashCache } from './checkpoints/hash-cache';
 import { ContainerManager } from './containers/manager';
+import { DataCache } from './data';
 import { detectDevices } from './detect/devices';
 import { ec2ConfigLayer } from './ec2/config-source';
 import { ImdsClient } from './ec2/imds';
@@ -28,6 +31,8 @@ const FLAGS: FlagSpec[] = [
   { flags: '--container-network-mode <mode>', key: 'container_network_mode', description: 'Docker network mode of task containers (default host)' },
   { flags: '--tls-ca-cert <file>', key: 'tls.ca_cert', description: 'CA certificate (PEM) to trust for a TLS master; enables TLS' },
   { flags: '--tls-server-name <name>', key: 'tls.server_name', description: 'expected server name in the master certificate' },
+  { flags: '--work-dir <dir>', key: 'work_dir', description: 'task files and the data cache (default /var/lib/det-agent as root)' },
+  { flags: '--data-cache-max-bytes <n>', key: 'data_cache_max_bytes', description: 'bound of the data-input cache (default 50 GiB)', integer: true },
   { flags: '--log-level <level>', key: 'log_level', description: 'debug | info | warn | error' },
 ];
 
@@ -93,7 +98,13 @@ export async function main(argv: string[]): Promise<number> {
     const devices = detection.devices;
     log.info('devices', { count: devices.length, type: devices[0]?.type ?? 'none', names: [...new Set(devices.map((d) => d.brand))] });
     const outbox = new Outbox();
-    const manager = new ContainerManager(runtime, { clusterId: '', agentId: opts.agentId, networkMode: opts.containerNetworkMode, devices }, outbox, log.child('containers'));
+    const files = {
+      workDir: opts.workDir,
+      dataCache: new DataCache({ root: path.join(opts.workDir, 'data-cache'), maxBytes: opts.dataCacheMaxBytes, log: log.child('data') }),
+      hashCache: new HashCache(),
+      log: log.child('files'),
+    };
+    const manager = new ContainerManager(runtime, { clusterId: '', agentId: opts.agentId, networkMode: opts.containerNetworkMode, devices }, outbox, log.child('containers'), files);
     await manager.removeLeftovers(opts.agentId);
     let announced = false;
     const session = new AgentSession(opts, devices, manager, outbox, log.child('session'), {
@@ -112,7 +123,9 @@ export async function main(argv: string[]): Promise<number> {
     const sessionDone = session.run(sessionController.signal).catch((err) => {
       fatal = err;
     });
-    const spotDone = imds ? forwardSpotInterruption({ imds, outbox, log: log.child('spot'), signal: controller.signal }) : undefined;
+    const spotDone = imds
+      ? forwardSpotInterruption({ imds, outbox, log: log.child('spot'), signal: controller.signal, onNotice: () => void manager.flushCheckpoints() })
+      : undefined;
     await Promise.race([sessionDone, new Promise<void>((r) => controller.signal.addEventListener('abort', () => r(), { once: true }))]);
     controller.abort(fatal ?? new Error('shutting down'));
     await manager.stopAll();

@@ -3,11 +3,20 @@
 // unknown keys rejected) -> freeze.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
+import * as path from 'node:path';
 import { z } from 'zod';
 import { deepFreeze, envLayer, mergeLayers, readYamlFile, validateConfig, type ConfigLayer, type EnvMapping } from '../common/config/pipeline';
 
 /** Read when present and --config-file is not given. */
 export const DEFAULT_AGENT_CONFIG_FILE = '/etc/determined/agent.yaml';
+
+/** Default bound of the data cache: 50 GiB. */
+export const DEFAULT_DATA_CACHE_MAX_BYTES = 50 * 2 ** 30;
+
+/** Default work directory: /var/lib/det-agent as root, else ~/.local/share/det-agent. */
+export function defaultWorkDir(): string {
+  return process.getuid?.() === 0 ? '/var/lib/det-agent' : path.join(os.homedir(), '.local', 'share', 'det-agent');
+}
 
 const schema = z
   .object({
@@ -37,6 +46,10 @@ const schema = z
     instance_type: z.string().default(''),
     /** Labels reported to the master. */
     labels: z.record(z.string(), z.string()).default({}),
+    /** Where the agent keeps task files (checkpoint directories, restored checkpoints) and the data cache. */
+    work_dir: z.string().min(1).refine((p) => p.startsWith('/'), 'must be an absolute path').optional(),
+    /** Bound of the data-input cache in bytes (least recently used objects not in use are evicted). */
+    data_cache_max_bytes: z.number().int().min(0).default(DEFAULT_DATA_CACHE_MAX_BYTES),
     /** Log level. */
     log_level: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
   })
@@ -58,6 +71,8 @@ export interface AgentOptions {
   instanceId: string;
   instanceType: string;
   logLevel: 'debug' | 'info' | 'warn' | 'error';
+  workDir: string;
+  dataCacheMaxBytes: number;
 }
 
 /** DET_* variables the agent reads, and the key each sets. */
@@ -76,6 +91,8 @@ export const AGENT_ENV: EnvMapping = {
   DET_INSTANCE_ID: 'instance_id',
   DET_INSTANCE_TYPE: 'instance_type',
   DET_LOG_LEVEL: 'log_level',
+  DET_AGENT_WORK_DIR: 'work_dir',
+  DET_DATA_CACHE_MAX_BYTES: { key: 'data_cache_max_bytes', type: 'number' },
 };
 
 /** The docker socket named by DOCKER_HOST (unix:// only), if any. */
@@ -111,5 +128,7 @@ export function loadAgentOptions(flags: { configFile?: string; layer: ConfigLaye
     instanceId: c.instance_id,
     instanceType: c.instance_type,
     logLevel: c.log_level,
+    workDir: c.work_dir ?? defaultWorkDir(),
+    dataCacheMaxBytes: c.data_cache_max_bytes,
   });
 }

@@ -7,6 +7,9 @@ import { DetError, errorMessage } from '../common/errors';
 import { apiProto } from '../common/proto/load';
 import type { DeterminedClient } from '../common/proto-gen/determined/api/v1/Determined';
 import type { CreateExperimentResponse__Output } from '../common/proto-gen/determined/api/v1/CreateExperimentResponse';
+import type { DeleteExperimentResponse__Output } from '../common/proto-gen/determined/api/v1/DeleteExperimentResponse';
+import type { GetCheckpointResponse__Output } from '../common/proto-gen/determined/api/v1/GetCheckpointResponse';
+import type { ListCheckpointsResponse__Output } from '../common/proto-gen/determined/api/v1/ListCheckpointsResponse';
 import type { GetAgentResponse__Output } from '../common/proto-gen/determined/api/v1/GetAgentResponse';
 import type { GetExperimentResponse__Output } from '../common/proto-gen/determined/api/v1/GetExperimentResponse';
 import type { GetMasterResponse__Output } from '../common/proto-gen/determined/api/v1/GetMasterResponse';
@@ -28,6 +31,11 @@ export const DEFAULT_MASTER = '127.0.0.1:8080';
 export const DEFAULT_PORT = 8080;
 /** Deadline of every unary call. */
 export const CALL_TIMEOUT_MS = 15_000;
+/**
+ * Deadline of DeleteExperiment, which answers only once the experiment's checkpoints are gone from storage
+ * (the master retries storage failures with backoff before it gives up).
+ */
+export const DELETE_TIMEOUT_MS = 10 * 60_000;
 /** How long to wait for a connection before declaring the master unreachable. */
 export const CONNECT_TIMEOUT_MS = 5_000;
 
@@ -198,6 +206,17 @@ export class MasterClient {
   getProvisionerStatus(resourcePool = ''): Promise<GetProvisionerStatusResponse__Output> {
     return this.unary((o, cb) => this.raw.getProvisionerStatus({ resourcePool }, o, cb));
   }
+  /** Checkpoints of an experiment and/or a trial (0 = any). */
+  listCheckpoints(experimentId: number, trialId = 0): Promise<ListCheckpointsResponse__Output> {
+    return this.unary((o, cb) => this.raw.listCheckpoints({ experimentId, trialId }, o, cb));
+  }
+  getCheckpoint(uuid: string): Promise<GetCheckpointResponse__Output> {
+    return this.unary((o, cb) => this.raw.getCheckpoint({ uuid }, o, cb));
+  }
+  /** Waits up to DELETE_TIMEOUT_MS for the whole deletion. */
+  deleteExperiment(experimentId: number): Promise<DeleteExperimentResponse__Output> {
+    return this.unary((o, cb) => this.raw.deleteExperiment({ experimentId }, o, cb), DELETE_TIMEOUT_MS);
+  }
 
   /**
    * Streams TrialLogs (no deadline: with follow it lasts as long as the trial),
@@ -233,14 +252,14 @@ export class MasterClient {
     });
   }
 
-  /** Runs one unary call with the call deadline, cancelled by Ctrl-C. */
-  private async unary<Res>(invoke: (options: grpc.CallOptions, cb: grpc.requestCallback<Res>) => grpc.ClientUnaryCall): Promise<Res> {
+  /** Runs one unary call with the call deadline (or `callMs`), cancelled by Ctrl-C. */
+  private async unary<Res>(invoke: (options: grpc.CallOptions, cb: grpc.requestCallback<Res>) => grpc.ClientUnaryCall, callMs = this.timeouts.callMs): Promise<Res> {
     await this.ready();
     return new Promise<Res>((resolve, reject) => {
       const onAbort = () => call.cancel();
-      const call = invoke({ deadline: Date.now() + this.timeouts.callMs }, (err, res) => {
+      const call = invoke({ deadline: Date.now() + callMs }, (err, res) => {
         this.signal.removeEventListener('abort', onAbort);
-        if (err) reject(this.failure(err));
+        if (err) reject(this.failure(err, undefined, callMs));
         else resolve(res as Res);
       });
       this.signal.addEventListener('abort', onAbort, { once: true });
@@ -248,10 +267,10 @@ export class MasterClient {
     });
   }
 
-  private failure(err: unknown, stop?: AbortSignal): Error {
+  private failure(err: unknown, stop?: AbortSignal, callMs = this.timeouts.callMs): Error {
     if (this.signal.aborted) return new Interrupted();
     if (stop?.aborted) return stop.reason instanceof Error ? stop.reason : new Error(String(stop.reason));
-    return fromGrpcError(err, this.target, this.timeouts.callMs, this.tls);
+    return fromGrpcError(err, this.target, callMs, this.tls);
   }
 
   /**

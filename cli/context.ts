@@ -14,6 +14,10 @@ export interface CliIO {
   now?: () => number;
   /** Call and connect timeouts (default 15 s and 5 s). */
   timeouts?: Partial<ClientTimeouts>;
+  /** Asks a yes/no question and resolves to the answer; absent when nobody can answer (stdin is not a terminal). */
+  confirm?: (question: string) => Promise<boolean>;
+  /** Where progress bars are drawn; absent when stderr is not a terminal (then commands print a summary line). */
+  progressStream?: NodeJS.WritableStream;
 }
 
 /** Per-invocation state shared by the commands. */
@@ -44,6 +48,16 @@ export class Context {
   /** Prints a value as indented JSON. */
   json(value: unknown): void {
     this.out(JSON.stringify(value, null, 2));
+  }
+
+  /** Asks a yes/no question; undefined when nobody can answer (not a terminal). */
+  get confirm(): ((question: string) => Promise<boolean>) | undefined {
+    return this.io.confirm;
+  }
+
+  /** The terminal stream for progress bars; undefined when stderr is not a terminal. */
+  get progressStream(): NodeJS.WritableStream | undefined {
+    return this.io.progressStream;
   }
 
   /** The current time in epoch ms. */

@@ -31,9 +31,9 @@ export function keyValues(pairs: [string, Cell][]): string {
   return pairs.map(([k, v]) => `${(k + ':').padEnd(width)}  ${v === null || v === undefined ? '' : String(v)}`.trimEnd()).join('\n');
 }
 
-const ENUM_PREFIX = /^(TRIAL_STATE|EXPERIMENT_STATE|AGENT_STATE|SLOT_TYPE)_/;
+const ENUM_PREFIX = /^(TRIAL_STATE|EXPERIMENT_STATE|AGENT_STATE|SLOT_TYPE|CHECKPOINT_STATE)_/;
 
-/** 'TRIAL_STATE_RUNNING' -> 'RUNNING' (also for experiment/agent states and slot types). */
+/** 'TRIAL_STATE_RUNNING' -> 'RUNNING' (also for experiment/agent/checkpoint states and slot types). */
 export function stateName(value: string): string {
   return value.replace(ENUM_PREFIX, '');
 }

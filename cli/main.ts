@@ -2,10 +2,12 @@
 // turns every outcome into an exit code: 0 ok, 1 failure, 2 usage, 130 Ctrl-C.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as readline from 'node:readline/promises';
 import { Command, CommanderError } from 'commander';
 import { rootAbortController } from '../common/abort';
 import { DetError, errorMessage } from '../common/errors';
 import { registerAgent } from './commands/agent';
+import { registerCheckpoint } from './commands/checkpoint';
 import { registerExperiment } from './commands/experiment';
 import { registerMaster } from './commands/master';
 import { registerResourcePool } from './commands/resource-pool';
@@ -51,6 +53,7 @@ export function buildProgram(ctx: Context, io: CliIO): Command {
   registerProvisioner(program, ctx);
   registerExperiment(program, ctx);
   registerTrial(program, ctx);
+  registerCheckpoint(program, ctx);
   return program;
 }
 
@@ -83,11 +86,35 @@ function processIO(): CliIO {
     stdout: (text) => void process.stdout.write(text),
     stderr: (text) => void process.stderr.write(text),
     env: process.env,
+    ...(process.stdin.isTTY && process.stderr.isTTY ? { confirm: askOnTerminal } : {}),
+    ...(process.stderr.isTTY ? { progressStream: process.stderr } : {}),
   };
+}
+
+/** Asks on the terminal (question on stderr); only "y" or "yes" means yes; Ctrl-C is Interrupted. */
+async function askOnTerminal(question: string): Promise<boolean> {
+  const rl = readline.createInterface({ input: process.stdin, output: process.stderr });
+  // The terminal is in raw mode while asking: Ctrl-C arrives here, not as a signal.
+  const cancel = new AbortController();
+  rl.on('SIGINT', () => cancel.abort());
+  try {
+    return /^\s*y(es)?\s*$/i.test(await rl.question(question, { signal: cancel.signal }));
+  } catch (err) {
+    if (cancel.signal.aborted) {
+      process.stderr.write('\n');
+      throw new Interrupted();
+    }
+    throw err;
+  } finally {
+    rl.close();
+  }
 }
 
 /** Entry point of bin/det.js: runs det on this process and sets process.exitCode. */
 export function run(argv: string[]): void {
+  // The AWS SDK (checkpoint downloads) warns on stderr about its future Node requirement; det's stderr is
+  // for det's own one-line messages. Setting the variable to anything else brings the warning back.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   // `det ... | head` closes stdout early; that is not an error.
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
     if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);

@@ -1,6 +1,10 @@
 // fromProto adapters: the plain objects det prints with --json (camelCase
 // fields, states without their enum prefix, hyperparameters as an object).
+import { DetError } from '../common/errors';
+import type { CheckpointStorageSpec } from '../common/types';
 import type { Agent__Output } from '../common/proto-gen/determined/api/v1/Agent';
+import type { Checkpoint__Output } from '../common/proto-gen/determined/api/v1/Checkpoint';
+import type { CheckpointStorageConfig__Output } from '../common/proto-gen/determined/api/v1/CheckpointStorageConfig';
 import type { Experiment__Output } from '../common/proto-gen/determined/api/v1/Experiment';
 import type { GetMasterResponse__Output } from '../common/proto-gen/determined/api/v1/GetMasterResponse';
 import type { ResourcePool__Output } from '../common/proto-gen/determined/api/v1/ResourcePool';
@@ -87,6 +91,23 @@ export interface TrialView {
   endedAtMs: number;
 }
 
+/** A checkpoint; `state` is "COMPLETED" or "DELETED", `storage` is the experiment's checkpoint_storage. */
+export interface CheckpointView {
+  uuid: string;
+  experimentId: number;
+  trialId: number;
+  allocationId: string;
+  name: string;
+  state: string;
+  createdAtMs: number;
+  reportedAtMs: number;
+  totalSize: number;
+  fileCount: number;
+  metadata: unknown;
+  location: string;
+  storage: CheckpointStorageSpec;
+}
+
 /** One log line. */
 export interface LogView {
   trialId: number;
@@ -166,6 +187,7 @@ export function experimentView(e: Experiment__Output): ExperimentView {
   };
 }
 
+/** A JSON object field (hyperparameters, metadata); the raw text when it is not JSON. */
 function parseHparams(json: string): unknown {
   if (!json) return {};
   try {
@@ -199,9 +221,44 @@ export function logView(trialId: number, l: TrialLog__Output): LogView {
   return { trialId, sequence: l.sequence, timestampMs: l.timestampMs, stream: l.stream, text: l.text, allocationId: l.allocationId };
 }
 
-/** Whether an experiment state (plain name) is final. */
+/** CheckpointStorageConfig -> the checkpoint_storage config it came from (empty fields left out). */
+export function storageSpecFromProto(s: CheckpointStorageConfig__Output | null): CheckpointStorageSpec {
+  if (s?.type === 'shared_fs') return { type: 'shared_fs', host_path: s.hostPath };
+  if (s?.type === 's3') {
+    return {
+      type: 's3',
+      bucket: s.bucket,
+      ...(s.prefix ? { prefix: s.prefix } : {}),
+      ...(s.region ? { region: s.region } : {}),
+      ...(s.endpointUrl ? { endpoint_url: s.endpointUrl } : {}),
+      ...(s.forcePathStyle ? { force_path_style: true } : {}),
+    };
+  }
+  throw new DetError('DET_ERR_INTERNAL', `the master sent an unknown checkpoint storage type ${JSON.stringify(s?.type ?? '')}: is det older than the master?`);
+}
+
+/** Checkpoint -> CheckpointView. */
+export function checkpointView(c: Checkpoint__Output): CheckpointView {
+  return {
+    uuid: c.uuid,
+    experimentId: c.experimentId,
+    trialId: c.trialId,
+    allocationId: c.allocationId,
+    name: c.name,
+    state: stateName(c.state),
+    createdAtMs: c.createdAtMs,
+    reportedAtMs: c.reportedAtMs,
+    totalSize: c.totalSize,
+    fileCount: c.fileCount,
+    metadata: parseHparams(c.metadataJson),
+    location: c.location,
+    storage: storageSpecFromProto(c.storage),
+  };
+}
+
+/** Whether an experiment state (plain name) is final: it ended, or is being (or failed to be) deleted. */
 export function isFinalExperimentState(state: string): boolean {
-  return state === 'COMPLETED' || state === 'CANCELED' || state === 'ERROR';
+  return state === 'COMPLETED' || state === 'CANCELED' || state === 'ERROR' || state === 'DELETING' || state === 'DELETE_FAILED';
 }
 
 /** Whether a trial state (plain name) is final. */

@@ -45,6 +45,48 @@ export interface TaskSpec {
   pullPolicy: PullPolicy;
   labels: Record<string, string>;
   killGracePeriodMs: number;
+  /** The trial this allocation runs (0 for tasks that are not trials). */
+  trialId: number;
+  /** Where the trial's checkpoints go (the experiment's checkpoint_storage). */
+  checkpointStorage: CheckpointStorageSpec;
+  /** S3 prefixes synced into the container, read-only, before it starts. */
+  data: DataInput[];
+  /** The trial's latest complete checkpoint, restored into DET_LATEST_CHECKPOINT; '' for none. */
+  latestCheckpointUuid: string;
+}
+
+/** A checkpoint storage config as the experiment gives it (see common/storage/index.ts); never holds credentials. */
+export type CheckpointStorageSpec =
+  | { type: 'shared_fs'; host_path: string }
+  | { type: 's3'; bucket: string; prefix?: string; region?: string; endpoint_url?: string; force_path_style?: boolean };
+
+/** One data input: an S3 prefix mounted read-only into the container. */
+export interface DataInput {
+  /** s3://bucket/prefix/ */
+  source: string;
+  /** Absolute path inside the container. */
+  target: string;
+  /** Region (default: the SDK's chain). */
+  region?: string;
+  /** S3-compatible endpoint (default: AWS). */
+  endpointUrl?: string;
+  /** Path-style requests (default false). */
+  forcePathStyle?: boolean;
+}
+
+/** A checkpoint the agent stored (manifest written last) and reports to the master. */
+export interface CheckpointReport {
+  allocationId: string;
+  uuid: string;
+  /** The checkpoint directory's name inside DET_CHECKPOINT_DIR. */
+  name: string;
+  createdAtMs: number;
+  totalSize: number;
+  fileCount: number;
+  /** The user's .det-metadata.json object ({} when none). */
+  metadata: Record<string, unknown>;
+  /** Where the manifest is, for display (s3://... or a path). */
+  location: string;
 }
 
 /** Source of a log line. */
@@ -89,7 +131,8 @@ export type AgentToMaster =
   | { kind: 'containerState'; allocationId: string; containerId: string; state: ContainerState; exit?: ExitInfo }
   | { kind: 'logs'; allocationId: string; lines: LogLine[] }
   | { kind: 'pullProgress'; allocationId: string; image: string; status: string; currentBytes: number; totalBytes: number }
-  | { kind: 'spotInterruption'; action: string; actionTimeMs: number };
+  | { kind: 'spotInterruption'; action: string; actionTimeMs: number }
+  | { kind: 'checkpoint'; checkpoint: CheckpointReport };
 
 /** The master's answer to a registration. */
 export interface RegisteredInfo {

@@ -3,6 +3,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
+import { checkpointStorageSchema } from '../common/storage';
+import type { CheckpointStorageSpec } from '../common/types';
 import { asRecord, deepFreeze, envLayer, mergeLayers, readYamlFile, validateConfig, type ConfigLayer, type ConfigProblem, type CrossCheck, type EnvMapping } from '../common/config/pipeline';
 import { parseDurationMs } from './experiment/units';
 import { instanceTypeProblems, providerSchema, type ProviderConfig } from './provisioner/config';
@@ -56,6 +58,8 @@ const schema = z
     agent_reconnect_grace: duration('a duration').default('30s'),
     /** Log level. */
     log_level: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+    /** Checkpoint storage for experiments that name none (default: shared_fs in <data_dir>/checkpoints). */
+    checkpoint_storage: checkpointStorageSchema.optional(),
   })
   .strict();
 
@@ -96,6 +100,8 @@ export interface MasterConfig {
   defaultResourcePool: string;
   agentReconnectGraceMs: number;
   logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /** Default checkpoint_storage of experiments. */
+  checkpointStorage: CheckpointStorageSpec;
 }
 
 /** DET_* variables the master reads, and the key each sets. */
@@ -138,5 +144,6 @@ export function loadMasterConfig(flags: MasterFlags, env: NodeJS.ProcessEnv = pr
     defaultResourcePool: c.default_resource_pool ?? c.resource_pools[0].pool_name,
     agentReconnectGraceMs: c.agent_reconnect_grace as unknown as number,
     logLevel: c.log_level,
+    checkpointStorage: c.checkpoint_storage ?? { type: 'shared_fs', host_path: path.join(dataDir, 'checkpoints') },
   });
 }

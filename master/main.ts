@@ -3,6 +3,7 @@ import { rootAbortController } from '../common/abort';
 import { exitCodeFor, runDaemon } from '../common/daemon';
 import { parseDaemonFlags, type FlagSpec } from '../common/config/flags';
 import { createLogger, redactSecrets } from '../common/log';
+import { ExperimentDeleter } from './checkpoints/deletion';
 import { Cluster } from './cluster/cluster';
 import { DEFAULT_CONFIG_FILE, loadMasterConfig, type MasterConfig } from './config';
 import { ensureDataDir, resolveAgentToken } from './data-dir';
@@ -45,11 +46,12 @@ export async function main(argv: string[]): Promise<number> {
     log.info('config', { ...redactSecrets({ ...config }), agent_join_key_from: source });
     const store = await openStore(config.db);
     const cluster = await Cluster.open(store, config, log.child('cluster'));
+    const deleter = new ExperimentDeleter({ store, log: log.child('checkpoints'), signal: controller.signal });
     let provisioner: ProvisionerService | undefined;
     const statusSource = { status: (pool: string | undefined) => provisioner?.status(pool) ?? Promise.resolve([]) };
     const server = await startServer(
       cluster,
-      { host: config.host, port: config.port, tls: config.tls, agentToken: token, facts: { clusterName: config.clusterName, startedAtMs, tls: !!config.tls }, provisioner: statusSource },
+      { host: config.host, port: config.port, tls: config.tls, agentToken: token, facts: { clusterName: config.clusterName, startedAtMs, tls: !!config.tls }, provisioner: statusSource, deleter },
       log.child('grpc'),
     );
     const pools = buildProvisionedPools(config, { clusterId: cluster.clusterId, masterId: cluster.masterId, port: server.port, agentToken: token }, log.child('provisioner'));
@@ -57,6 +59,8 @@ export async function main(argv: string[]): Promise<number> {
       provisioner = new ProvisionerService(cluster, store, pools, log.child('provisioner'));
       await provisioner.start();
     }
+    // Deletions a previous master left half-done continue in the background.
+    void deleter.resumePending();
     // Tests and `npm start` wait for this exact line.
     process.stdout.write(`det-master listening on ${config.host}:${server.port} (${config.tls ? 'TLS' : 'plaintext'}, ${store.kind}, cluster ${cluster.clusterId})\n`);
     await new Promise<void>((resolve) => controller.signal.addEventListener('abort', () => resolve(), { once: true }));

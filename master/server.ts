@@ -9,6 +9,7 @@ import type { Logger } from '../common/log';
 import { agentProto, apiProto, packageDefinition } from '../common/proto/load';
 import { handleAgentConnect } from './agents/agent-link';
 import { apiHandlers, type MasterFacts, type ProvisionerStatusSource } from './api/service';
+import type { ExperimentDeleter } from './checkpoints/deletion';
 import type { Cluster } from './cluster/cluster';
 
 /** What the server needs. */
@@ -19,6 +20,8 @@ export interface ServerOptions {
   agentToken: string;
   facts: MasterFacts;
   provisioner?: ProvisionerStatusSource;
+  /** Runs `det experiment delete` (default: one without logging, not stopped by shutdown). */
+  deleter?: ExperimentDeleter;
 }
 
 /** A started server. */
@@ -54,7 +57,7 @@ export async function startServer(cluster: Cluster, opts: ServerOptions, log: Lo
   server.addService(agentProto().determined.agent.v1.AgentService.service, {
     Connect: (call: Parameters<typeof handleAgentConnect>[0]) => handleAgentConnect(call, { cluster, agentToken: opts.agentToken, log: log.child('agents') }),
   });
-  server.addService(apiProto().determined.api.v1.Determined.service, apiHandlers(cluster, opts.facts, opts.provisioner));
+  server.addService(apiProto().determined.api.v1.Determined.service, apiHandlers(cluster, opts.facts, opts.provisioner, opts.deleter));
   const health = new HealthImplementation({ '': 'SERVING', 'determined.api.v1.Determined': 'SERVING', 'determined.agent.v1.AgentService': 'SERVING' });
   health.addToServer(server);
   new ReflectionService(packageDefinition()).addToServer(server);

@@ -15,35 +15,21 @@
 // checkpoint is stored as a copy of its target's content; any other symlink (to a directory, out of
 // the checkpoint, dangling) and special files (fifo, socket, device) fail the checkpoint.
 // On restart, DET_LATEST_CHECKPOINT points at the latest complete checkpoint of the trial.
+//
+// The pure naming rules live in common/checkpoints/contract.ts (the CLI and the master need them
+// too) and are re-exported here.
+
+export {
+  RESERVED_PREFIX,
+  COMPLETE_MARKER,
+  METADATA_FILE,
+  MAX_CHECKPOINT_NAME_LENGTH,
+  MAX_METADATA_BYTES,
+  checkpointNameProblem,
+  isReservedName,
+} from '../../common/checkpoints/contract';
 
 /** Environment variable naming the writable checkpoint directory inside the container. */
 export const CHECKPOINT_DIR_ENV = 'DET_CHECKPOINT_DIR';
 /** Environment variable naming the latest complete checkpoint when a trial is restarted. */
 export const LATEST_CHECKPOINT_ENV = 'DET_LATEST_CHECKPOINT';
-/** Prefix of names reserved for the contract. */
-export const RESERVED_PREFIX = '.det-';
-/** Empty marker file written last: the checkpoint is complete. */
-export const COMPLETE_MARKER = '.det-complete';
-/** Optional user metadata (a JSON object), written before the marker. */
-export const METADATA_FILE = '.det-metadata.json';
-/** Longest checkpoint directory name. */
-export const MAX_CHECKPOINT_NAME_LENGTH = 128;
-/** Largest metadata file. */
-export const MAX_METADATA_BYTES = 64 * 1024;
-
-const NAME_CHARS = /^[A-Za-z0-9._-]+$/;
-
-/** Why `name` is not a valid checkpoint directory name, or undefined when it is. */
-export function checkpointNameProblem(name: string): string | undefined {
-  if (name.length === 0) return 'the name is empty';
-  if (name.length > MAX_CHECKPOINT_NAME_LENGTH) return `the name is longer than ${MAX_CHECKPOINT_NAME_LENGTH} characters`;
-  if (!NAME_CHARS.test(name)) return "the name may only contain letters, digits, '.', '_' and '-'";
-  if (name === '.' || name === '..') return `'${name}' is not a directory name`;
-  if (isReservedName(name)) return `names starting with '${RESERVED_PREFIX}' are reserved`;
-  return undefined;
-}
-
-/** Whether `name` is reserved by the contract. */
-export function isReservedName(name: string): boolean {
-  return name.startsWith(RESERVED_PREFIX);
-}

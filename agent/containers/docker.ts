@@ -15,6 +15,7 @@ import type {
   ManagedContainer,
   PullProgress,
   RunContext,
+  RunSpec,
   RuntimeLogLine,
 } from './runtime';
 
@@ -312,7 +313,7 @@ export class DockerRuntime implements ContainerRuntime {
     }
   }
 
-  run(spec: TaskSpec, ctx: RunContext, sink: ContainerSink, signal?: AbortSignal): Promise<ExitInfo> {
+  run(spec: RunSpec, ctx: RunContext, sink: ContainerSink, signal?: AbortSignal): Promise<ExitInfo> {
     const existing = this.active.get(spec.allocationId);
     if (existing) return existing.promise;
     const entry: ActiveRun = { promise: Promise.resolve(null as never), killed: new AbortController() };
@@ -387,7 +388,7 @@ export class DockerRuntime implements ContainerRuntime {
   }
 
   private async runOnce(
-    spec: TaskSpec,
+    spec: RunSpec,
     ctx: RunContext,
     sink: ContainerSink,
     entry: ActiveRun,
@@ -536,8 +537,10 @@ export class DockerRuntime implements ContainerRuntime {
     return { exitCode: code, failureKind: 'EXIT_NONZERO', message };
   }
 
-  private createBody(spec: TaskSpec, ctx: RunContext): Docker.ContainerCreateOptions {
+  private createBody(spec: RunSpec, ctx: RunContext): Docker.ContainerCreateOptions {
     const hostConfig: Docker.HostConfig = { NetworkMode: ctx.networkMode, AutoRemove: false };
+    // Mounts (not Binds): Docker refuses a missing host path instead of creating an empty one.
+    if (spec.mounts?.length) hostConfig.Mounts = spec.mounts.map((m) => ({ Type: 'bind', Source: m.hostPath, Target: m.containerPath, ReadOnly: m.readOnly }));
     if (spec.memoryLimitBytes > 0) hostConfig.Memory = spec.memoryLimitBytes;
     if (spec.deviceType === 'cuda' && spec.deviceIds.length > 0) {
       const uuids = spec.deviceIds.map((id) => {

@@ -4,8 +4,10 @@
 import { errorMessage } from '../../common/errors';
 import type { Logger } from '../../common/log';
 import type { ContainerReport, ContainerState, ExitInfo, LogLine, TaskSpec } from '../../common/types';
+import type { CheckpointSync } from '../checkpoints/sync';
 import type { Outbox } from '../session/outbox';
 import type { ContainerRuntime, RunContext, RuntimeLogLine } from './runtime';
+import { prepareTask, type TaskFilesDeps } from './task-files';
 
 /** One allocation this agent runs or ran. */
 interface Tracked {
@@ -24,6 +26,10 @@ interface Tracked {
   sentState: ContainerState;
   sentExit: ExitInfo | undefined;
   done: Promise<void>;
+  /** Aborts the preparation (data sync, checkpoint restore) when the task is killed before its container runs. */
+  prep: AbortController;
+  /** Set while the container may write checkpoints. */
+  checkpoints: CheckpointSync | undefined;
 }
 
 /** Minimum gap between forwarded pull-progress messages of one allocation. */
@@ -40,6 +46,7 @@ export class ContainerManager {
     ctx: RunContext,
     private readonly outbox: Outbox,
     private readonly log: Logger,
+    private readonly files: TaskFilesDeps,
   ) {
     this.ctx = ctx;
   }
@@ -67,7 +74,10 @@ export class ContainerManager {
       this.log.warn('start for an allocation already known; ignored', { allocation: spec.allocationId });
       return;
     }
-    const t: Tracked = { spec, state: 'PULLING', containerId: '', exit: undefined, seq: 0, sentSeq: 0, reportedAtMs: 0, sentState: 'PULLING', sentExit: undefined, done: Promise.resolve() };
+    const t: Tracked = {
+      spec, state: 'PULLING', containerId: '', exit: undefined, seq: 0, sentSeq: 0, reportedAtMs: 0, sentState: 'PULLING', sentExit: undefined, done: Promise.resolve(),
+      prep: new AbortController(), checkpoints: undefined,
+    };
     this.tracked.set(spec.allocationId, t);
     this.log.info('starting task container', { allocation: spec.allocationId, image: spec.image, devices: spec.deviceIds });
     t.done = this.execute(spec.allocationId, t);
@@ -75,25 +85,36 @@ export class ContainerManager {
 
   private async execute(allocationId: string, t: Tracked): Promise<void> {
     let lastProgress = 0;
+    const send = (state: ContainerState, exit?: ExitInfo) => {
+      const delivered = this.outbox.send({ kind: 'containerState', allocationId, containerId: t.containerId, state, exit });
+      void delivered.then(() => {
+        t.sentState = state;
+        if (exit) t.sentExit = exit;
+        if (state === 'TERMINATED') t.reportedAtMs = Date.now();
+      });
+    };
+    const logs = (lines: RuntimeLogLine[]) => {
+      const numbered: LogLine[] = lines.map((l) => ({ ...l, sequence: ++t.seq }));
+      const last = t.seq;
+      return this.outbox.send({ kind: 'logs', allocationId, lines: numbered }).then(() => {
+        t.sentSeq = Math.max(t.sentSeq, last);
+      });
+    };
+    const say = (text: string) => void logs([{ stream: 'agent', text, timestampMs: Date.now() }]);
+    // TERMINATED is held back until the checkpoints the container wrote are stored and reported.
+    let finalExit: ExitInfo | undefined;
     const sink = {
       state: (state: ContainerState, containerId: string, exit?: ExitInfo) => {
-        t.state = state;
         if (containerId) t.containerId = containerId;
-        if (exit) t.exit = exit;
-        const delivered = this.outbox.send({ kind: 'containerState', allocationId, containerId: t.containerId, state, exit });
-        void delivered.then(() => {
-          t.sentState = state;
-          if (exit) t.sentExit = exit;
-          if (state === 'TERMINATED') t.reportedAtMs = Date.now();
-        });
+        if (state === 'TERMINATED') {
+          finalExit = exit;
+          return;
+        }
+        if (state === t.state) return; // PULLING was reported before the task's files were prepared
+        t.state = state;
+        send(state);
       },
-      logs: (lines: RuntimeLogLine[]) => {
-        const numbered: LogLine[] = lines.map((l) => ({ ...l, sequence: ++t.seq }));
-        const last = t.seq;
-        return this.outbox.send({ kind: 'logs', allocationId, lines: numbered }).then(() => {
-          t.sentSeq = Math.max(t.sentSeq, last);
-        });
-      },
+      logs,
       pullProgress: (p: { image: string; status: string; currentBytes: number; totalBytes: number }) => {
         const now = Date.now();
         if (now - lastProgress < PULL_PROGRESS_INTERVAL_MS) return;
@@ -101,21 +122,51 @@ export class ContainerManager {
         void this.outbox.send({ kind: 'pullProgress', allocationId, ...p });
       },
     };
+    const terminate = (exit: ExitInfo) => {
+      t.state = 'TERMINATED';
+      t.exit = exit;
+      send('TERMINATED', exit);
+    };
+    send('PULLING');
+    let prepared;
     try {
-      const exit = await this.runtime.run(t.spec, this.ctx, sink, this.controller.signal);
-      this.log.info('task container finished', { allocation: allocationId, exit_code: exit.exitCode, failure: exit.failureKind });
+      prepared = await prepareTask(t.spec, this.files, say, (c) => this.outbox.send({ kind: 'checkpoint', checkpoint: c }), AbortSignal.any([t.prep.signal, this.controller.signal]));
     } catch (err) {
       if (this.controller.signal.aborted) return;
+      const killed = t.prep.signal.aborted;
+      this.log.warn('task could not be prepared', { allocation: allocationId, err: errorMessage(err), killed });
+      if (!killed) say(errorMessage(err));
+      return terminate(killed ? { exitCode: -1, failureKind: 'KILLED', message: 'killed before the container started' } : { exitCode: -1, failureKind: 'START_FAILED', message: errorMessage(err) });
+    }
+    t.checkpoints = prepared.checkpoints;
+    prepared.checkpoints.start();
+    let exit: ExitInfo;
+    try {
+      exit = await this.runtime.run(prepared.spec, this.ctx, sink, this.controller.signal);
+      this.log.info('task container finished', { allocation: allocationId, exit_code: exit.exitCode, failure: exit.failureKind });
+    } catch (err) {
+      if (this.controller.signal.aborted) return; // agent shutting down: the container is left for a later run
       // The runtime promises not to reject for task failures; if it does, report it rather than hang.
       this.log.error('runtime failed', { allocation: allocationId, err: errorMessage(err) });
-      sink.state('TERMINATED', t.containerId, { exitCode: -1, failureKind: 'AGENT_ERROR', message: errorMessage(err) });
+      exit = { exitCode: -1, failureKind: 'AGENT_ERROR', message: errorMessage(err) };
     }
+    const result = await prepared.checkpoints.finish();
+    t.checkpoints = undefined;
+    await prepared.release(result.failed.length > 0);
+    terminate(finalExit ?? exit);
+  }
+
+  /** Stores every completed checkpoint of every running container now (spot interruption notice). */
+  async flushCheckpoints(): Promise<void> {
+    const syncs = [...this.tracked.values()].map((t) => t.checkpoints).filter((c): c is CheckpointSync => c !== undefined);
+    await Promise.all(syncs.map((c) => c.flushNow().catch((err) => this.log.warn('checkpoint flush failed', { err: errorMessage(err) }))));
   }
 
   /** Stops an allocation's container (SIGTERM, then SIGKILL after the grace period). */
   async kill(allocationId: string, signal: string, gracePeriodMs: number): Promise<void> {
     const t = this.tracked.get(allocationId);
     this.log.info('killing task container', { allocation: allocationId, signal, grace_ms: gracePeriodMs, known: !!t });
+    t?.prep.abort(new Error(`killed (${signal})`));
     try {
       await this.runtime.kill(allocationId, signal, gracePeriodMs);
     } catch (err) {

@@ -12,6 +12,21 @@ export interface RunContext {
   devices: Device[];
 }
 
+/** A host directory bind-mounted into the task container. */
+export interface BindMount {
+  /** Absolute path on the host; must exist. */
+  hostPath: string;
+  /** Absolute path inside the container. */
+  containerPath: string;
+  readOnly: boolean;
+}
+
+/** A TaskSpec plus what the agent prepared on the host for it. */
+export interface RunSpec extends TaskSpec {
+  /** Checkpoint and data directories (default none). */
+  mounts?: BindMount[];
+}
+
 /** One line of output as the runtime hands it over (the session numbers lines). */
 export interface RuntimeLogLine {
   stream: LogStream;
@@ -57,7 +72,7 @@ export interface ContainerRuntime {
    * Rejects only when `signal` aborts: the container is then left as it is, for a later run to adopt.
    * A second run of an allocation already running in this runtime joins the first (same result).
    */
-  run(spec: TaskSpec, ctx: RunContext, sink: ContainerSink, signal?: AbortSignal): Promise<ExitInfo>;
+  run(spec: RunSpec, ctx: RunContext, sink: ContainerSink, signal?: AbortSignal): Promise<ExitInfo>;
   /** Sends `signal` (default SIGTERM), then SIGKILL after the grace period; harmless if already gone. */
   kill(allocationId: string, signal: string, gracePeriodMs: number): Promise<void>;
   /** Force-removes an allocation's container (killing it if it runs); harmless if gone. */

@@ -85,14 +85,18 @@ export async function watchSpotInterruption(opts: SpotWatcherOptions): Promise<S
  * What det-agent runs with --config-source ec2: watches for a notice, logs it
  * and sends it to the master through the outbox (queued while disconnected).
  */
-export function forwardSpotInterruption(opts: Omit<SpotWatcherOptions, 'onNotice'> & { outbox: Pick<Outbox, 'send'> }): Promise<SpotInstanceAction | undefined> {
-  const { outbox, log, ...rest } = opts;
+export function forwardSpotInterruption(
+  opts: Omit<SpotWatcherOptions, 'onNotice'> & { outbox: Pick<Outbox, 'send'>; onNotice?: (notice: SpotInstanceAction) => void },
+): Promise<SpotInstanceAction | undefined> {
+  const { outbox, log, onNotice, ...rest } = opts;
   return watchSpotInterruption({
     ...rest,
     log,
     onNotice: (notice) => {
       log.warn(`spot interruption notice: EC2 will ${notice.action} this instance at ${new Date(notice.timeMs).toISOString()}; telling the master`, { action: notice.action });
       void outbox.send(spotInterruptionMessage(notice));
+      // e.g. upload pending checkpoints now, before the instance goes away
+      onNotice?.(notice);
     },
   });
 }

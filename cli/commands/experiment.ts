@@ -1,11 +1,12 @@
-// det experiment create | list | describe | kill | list-trials | config.
+// det experiment create | list | describe | kill | delete | list-trials | config.
 import * as fs from 'node:fs';
 import type { Command } from 'commander';
+import { formatBytes } from '../../common/format';
 import { DetError } from '../../common/errors';
 import type { GetExperimentResponse__Output } from '../../common/proto-gen/determined/api/v1/GetExperimentResponse';
 import { parseId } from '../args';
 import type { Context } from '../context';
-import { Interrupted } from '../errors';
+import { Interrupted, UsageError } from '../errors';
 import { followExperiment } from '../follow';
 import { formatTime, keyValues, stateCounts, table } from '../format';
 import { experimentView, trialView, type ExperimentView } from '../views';
@@ -128,6 +129,41 @@ export function registerExperiment(program: Command, ctx: Context): void {
     .action(async (id: number) => {
       const e = requireExperiment(await ctx.client().killExperiment(id), id);
       ctx.out(`Killed experiment ${e.id} (state: ${e.state})`);
+    });
+
+  experiment
+    .command('delete')
+    .description('delete an ended experiment: its checkpoints from storage first, then all its records')
+    .argument('<experiment-id>', 'experiment id', parseId)
+    .option('-y, --yes', 'do not ask for confirmation')
+    .action(async (id: number, opts: { yes?: boolean }) => {
+      const client = ctx.client();
+      if (!opts.yes) {
+        if (!ctx.confirm) throw new UsageError(`not deleting experiment ${id} without confirmation: no terminal to ask on; pass --yes`);
+        const e = requireExperiment(await client.getExperiment(id), id);
+        // A running experiment is refused by the master with what to do; asking first would be pointless.
+        if (e.state !== 'ACTIVE' && e.state !== 'STOPPING_CANCELED') {
+          const left = (await client.listCheckpoints(id)).checkpoints.filter((c) => c.state !== 'CHECKPOINT_STATE_DELETED');
+          const bytes = left.reduce((n, c) => n + c.totalSize, 0);
+          const question =
+            `Delete experiment ${id} (${e.name}, ${e.state}, ${e.numTrials} trial(s)) and its ${left.length} checkpoint(s) ` +
+            `(${formatBytes(bytes)}) from storage? This cannot be undone. [y/N] `;
+          if (!(await ctx.confirm(question))) {
+            ctx.out(`Experiment ${id} was not deleted`);
+            return;
+          }
+        }
+      }
+      let res;
+      try {
+        res = await client.deleteExperiment(id);
+      } catch (err) {
+        if (err instanceof Interrupted) {
+          throw new Interrupted(`stopped waiting; the master keeps deleting experiment ${id} (det experiment describe ${id} shows DELETING until it is gone)`);
+        }
+        throw err;
+      }
+      ctx.out(`Deleted experiment ${id}: ${res.checkpointsDeleted} checkpoint(s), ${res.objectsDeleted} object(s) removed from storage`);
     });
 
   experiment

@@ -4,9 +4,12 @@ import type { EnumTypeDefinition, MessageTypeDefinition } from '@grpc/proto-load
 
 import type { AgentMessage as _determined_agent_v1_AgentMessage, AgentMessage__Output as _determined_agent_v1_AgentMessage__Output } from './determined/agent/v1/AgentMessage';
 import type { AgentServiceClient as _determined_agent_v1_AgentServiceClient, AgentServiceDefinition as _determined_agent_v1_AgentServiceDefinition } from './determined/agent/v1/AgentService';
+import type { CheckpointCompleted as _determined_agent_v1_CheckpointCompleted, CheckpointCompleted__Output as _determined_agent_v1_CheckpointCompleted__Output } from './determined/agent/v1/CheckpointCompleted';
+import type { CheckpointStorage as _determined_agent_v1_CheckpointStorage, CheckpointStorage__Output as _determined_agent_v1_CheckpointStorage__Output } from './determined/agent/v1/CheckpointStorage';
 import type { ContainerLogs as _determined_agent_v1_ContainerLogs, ContainerLogs__Output as _determined_agent_v1_ContainerLogs__Output } from './determined/agent/v1/ContainerLogs';
 import type { ContainerReport as _determined_agent_v1_ContainerReport, ContainerReport__Output as _determined_agent_v1_ContainerReport__Output } from './determined/agent/v1/ContainerReport';
 import type { ContainerStateChanged as _determined_agent_v1_ContainerStateChanged, ContainerStateChanged__Output as _determined_agent_v1_ContainerStateChanged__Output } from './determined/agent/v1/ContainerStateChanged';
+import type { DataInput as _determined_agent_v1_DataInput, DataInput__Output as _determined_agent_v1_DataInput__Output } from './determined/agent/v1/DataInput';
 import type { Device as _determined_agent_v1_Device, Device__Output as _determined_agent_v1_Device__Output } from './determined/agent/v1/Device';
 import type { Drain as _determined_agent_v1_Drain, Drain__Output as _determined_agent_v1_Drain__Output } from './determined/agent/v1/Drain';
 import type { ExitInfo as _determined_agent_v1_ExitInfo, ExitInfo__Output as _determined_agent_v1_ExitInfo__Output } from './determined/agent/v1/ExitInfo';
@@ -32,10 +35,13 @@ export interface ProtoGrpcType {
       v1: {
         AgentMessage: MessageTypeDefinition<_determined_agent_v1_AgentMessage, _determined_agent_v1_AgentMessage__Output>
         AgentService: SubtypeConstructor<typeof grpc.Client, _determined_agent_v1_AgentServiceClient> & { service: _determined_agent_v1_AgentServiceDefinition }
+        CheckpointCompleted: MessageTypeDefinition<_determined_agent_v1_CheckpointCompleted, _determined_agent_v1_CheckpointCompleted__Output>
+        CheckpointStorage: MessageTypeDefinition<_determined_agent_v1_CheckpointStorage, _determined_agent_v1_CheckpointStorage__Output>
         ContainerLogs: MessageTypeDefinition<_determined_agent_v1_ContainerLogs, _determined_agent_v1_ContainerLogs__Output>
         ContainerReport: MessageTypeDefinition<_determined_agent_v1_ContainerReport, _determined_agent_v1_ContainerReport__Output>
         ContainerState: EnumTypeDefinition
         ContainerStateChanged: MessageTypeDefinition<_determined_agent_v1_ContainerStateChanged, _determined_agent_v1_ContainerStateChanged__Output>
+        DataInput: MessageTypeDefinition<_determined_agent_v1_DataInput, _determined_agent_v1_DataInput__Output>
         Device: MessageTypeDefinition<_determined_agent_v1_Device, _determined_agent_v1_Device__Output>
         DeviceType: EnumTypeDefinition
         Drain: MessageTypeDefinition<_determined_agent_v1_Drain, _determined_agent_v1_Drain__Output>

@@ -3,12 +3,18 @@ import type * as grpc from '@grpc/grpc-js';
 import type { EnumTypeDefinition, MessageTypeDefinition } from '@grpc/proto-loader';
 
 import type { Agent as _determined_api_v1_Agent, Agent__Output as _determined_api_v1_Agent__Output } from './determined/api/v1/Agent';
+import type { Checkpoint as _determined_api_v1_Checkpoint, Checkpoint__Output as _determined_api_v1_Checkpoint__Output } from './determined/api/v1/Checkpoint';
+import type { CheckpointStorageConfig as _determined_api_v1_CheckpointStorageConfig, CheckpointStorageConfig__Output as _determined_api_v1_CheckpointStorageConfig__Output } from './determined/api/v1/CheckpointStorageConfig';
 import type { CreateExperimentRequest as _determined_api_v1_CreateExperimentRequest, CreateExperimentRequest__Output as _determined_api_v1_CreateExperimentRequest__Output } from './determined/api/v1/CreateExperimentRequest';
 import type { CreateExperimentResponse as _determined_api_v1_CreateExperimentResponse, CreateExperimentResponse__Output as _determined_api_v1_CreateExperimentResponse__Output } from './determined/api/v1/CreateExperimentResponse';
+import type { DeleteExperimentRequest as _determined_api_v1_DeleteExperimentRequest, DeleteExperimentRequest__Output as _determined_api_v1_DeleteExperimentRequest__Output } from './determined/api/v1/DeleteExperimentRequest';
+import type { DeleteExperimentResponse as _determined_api_v1_DeleteExperimentResponse, DeleteExperimentResponse__Output as _determined_api_v1_DeleteExperimentResponse__Output } from './determined/api/v1/DeleteExperimentResponse';
 import type { DeterminedClient as _determined_api_v1_DeterminedClient, DeterminedDefinition as _determined_api_v1_DeterminedDefinition } from './determined/api/v1/Determined';
 import type { Experiment as _determined_api_v1_Experiment, Experiment__Output as _determined_api_v1_Experiment__Output } from './determined/api/v1/Experiment';
 import type { GetAgentRequest as _determined_api_v1_GetAgentRequest, GetAgentRequest__Output as _determined_api_v1_GetAgentRequest__Output } from './determined/api/v1/GetAgentRequest';
 import type { GetAgentResponse as _determined_api_v1_GetAgentResponse, GetAgentResponse__Output as _determined_api_v1_GetAgentResponse__Output } from './determined/api/v1/GetAgentResponse';
+import type { GetCheckpointRequest as _determined_api_v1_GetCheckpointRequest, GetCheckpointRequest__Output as _determined_api_v1_GetCheckpointRequest__Output } from './determined/api/v1/GetCheckpointRequest';
+import type { GetCheckpointResponse as _determined_api_v1_GetCheckpointResponse, GetCheckpointResponse__Output as _determined_api_v1_GetCheckpointResponse__Output } from './determined/api/v1/GetCheckpointResponse';
 import type { GetExperimentRequest as _determined_api_v1_GetExperimentRequest, GetExperimentRequest__Output as _determined_api_v1_GetExperimentRequest__Output } from './determined/api/v1/GetExperimentRequest';
 import type { GetExperimentResponse as _determined_api_v1_GetExperimentResponse, GetExperimentResponse__Output as _determined_api_v1_GetExperimentResponse__Output } from './determined/api/v1/GetExperimentResponse';
 import type { GetMasterRequest as _determined_api_v1_GetMasterRequest, GetMasterRequest__Output as _determined_api_v1_GetMasterRequest__Output } from './determined/api/v1/GetMasterRequest';
@@ -22,6 +28,8 @@ import type { KillExperimentResponse as _determined_api_v1_KillExperimentRespons
 import type { LaunchError as _determined_api_v1_LaunchError, LaunchError__Output as _determined_api_v1_LaunchError__Output } from './determined/api/v1/LaunchError';
 import type { ListAgentsRequest as _determined_api_v1_ListAgentsRequest, ListAgentsRequest__Output as _determined_api_v1_ListAgentsRequest__Output } from './determined/api/v1/ListAgentsRequest';
 import type { ListAgentsResponse as _determined_api_v1_ListAgentsResponse, ListAgentsResponse__Output as _determined_api_v1_ListAgentsResponse__Output } from './determined/api/v1/ListAgentsResponse';
+import type { ListCheckpointsRequest as _determined_api_v1_ListCheckpointsRequest, ListCheckpointsRequest__Output as _determined_api_v1_ListCheckpointsRequest__Output } from './determined/api/v1/ListCheckpointsRequest';
+import type { ListCheckpointsResponse as _determined_api_v1_ListCheckpointsResponse, ListCheckpointsResponse__Output as _determined_api_v1_ListCheckpointsResponse__Output } from './determined/api/v1/ListCheckpointsResponse';
 import type { ListExperimentsRequest as _determined_api_v1_ListExperimentsRequest, ListExperimentsRequest__Output as _determined_api_v1_ListExperimentsRequest__Output } from './determined/api/v1/ListExperimentsRequest';
 import type { ListExperimentsResponse as _determined_api_v1_ListExperimentsResponse, ListExperimentsResponse__Output as _determined_api_v1_ListExperimentsResponse__Output } from './determined/api/v1/ListExperimentsResponse';
 import type { ListResourcePoolsRequest as _determined_api_v1_ListResourcePoolsRequest, ListResourcePoolsRequest__Output as _determined_api_v1_ListResourcePoolsRequest__Output } from './determined/api/v1/ListResourcePoolsRequest';
@@ -49,13 +57,20 @@ export interface ProtoGrpcType {
       v1: {
         Agent: MessageTypeDefinition<_determined_api_v1_Agent, _determined_api_v1_Agent__Output>
         AgentState: EnumTypeDefinition
+        Checkpoint: MessageTypeDefinition<_determined_api_v1_Checkpoint, _determined_api_v1_Checkpoint__Output>
+        CheckpointState: EnumTypeDefinition
+        CheckpointStorageConfig: MessageTypeDefinition<_determined_api_v1_CheckpointStorageConfig, _determined_api_v1_CheckpointStorageConfig__Output>
         CreateExperimentRequest: MessageTypeDefinition<_determined_api_v1_CreateExperimentRequest, _determined_api_v1_CreateExperimentRequest__Output>
         CreateExperimentResponse: MessageTypeDefinition<_determined_api_v1_CreateExperimentResponse, _determined_api_v1_CreateExperimentResponse__Output>
+        DeleteExperimentRequest: MessageTypeDefinition<_determined_api_v1_DeleteExperimentRequest, _determined_api_v1_DeleteExperimentRequest__Output>
+        DeleteExperimentResponse: MessageTypeDefinition<_determined_api_v1_DeleteExperimentResponse, _determined_api_v1_DeleteExperimentResponse__Output>
         Determined: SubtypeConstructor<typeof grpc.Client, _determined_api_v1_DeterminedClient> & { service: _determined_api_v1_DeterminedDefinition }
         Experiment: MessageTypeDefinition<_determined_api_v1_Experiment, _determined_api_v1_Experiment__Output>
         ExperimentState: EnumTypeDefinition
         GetAgentRequest: MessageTypeDefinition<_determined_api_v1_GetAgentRequest, _determined_api_v1_GetAgentRequest__Output>
         GetAgentResponse: MessageTypeDefinition<_determined_api_v1_GetAgentResponse, _determined_api_v1_GetAgentResponse__Output>
+        GetCheckpointRequest: MessageTypeDefinition<_determined_api_v1_GetCheckpointRequest, _determined_api_v1_GetCheckpointRequest__Output>
+        GetCheckpointResponse: MessageTypeDefinition<_determined_api_v1_GetCheckpointResponse, _determined_api_v1_GetCheckpointResponse__Output>
         GetExperimentRequest: MessageTypeDefinition<_determined_api_v1_GetExperimentRequest, _determined_api_v1_GetExperimentRequest__Output>
         GetExperimentResponse: MessageTypeDefinition<_determined_api_v1_GetExperimentResponse, _determined_api_v1_GetExperimentResponse__Output>
         GetMasterRequest: MessageTypeDefinition<_determined_api_v1_GetMasterRequest, _determined_api_v1_GetMasterRequest__Output>
@@ -69,6 +84,8 @@ export interface ProtoGrpcType {
         LaunchError: MessageTypeDefinition<_determined_api_v1_LaunchError, _determined_api_v1_LaunchError__Output>
         ListAgentsRequest: MessageTypeDefinition<_determined_api_v1_ListAgentsRequest, _determined_api_v1_ListAgentsRequest__Output>
         ListAgentsResponse: MessageTypeDefinition<_determined_api_v1_ListAgentsResponse, _determined_api_v1_ListAgentsResponse__Output>
+        ListCheckpointsRequest: MessageTypeDefinition<_determined_api_v1_ListCheckpointsRequest, _determined_api_v1_ListCheckpointsRequest__Output>
+        ListCheckpointsResponse: MessageTypeDefinition<_determined_api_v1_ListCheckpointsResponse, _determined_api_v1_ListCheckpointsResponse__Output>
         ListExperimentsRequest: MessageTypeDefinition<_determined_api_v1_ListExperimentsRequest, _determined_api_v1_ListExperimentsRequest__Output>
         ListExperimentsResponse: MessageTypeDefinition<_determined_api_v1_ListExperimentsResponse, _determined_api_v1_ListExperimentsResponse__Output>
         ListResourcePoolsRequest: MessageTypeDefinition<_determined_api_v1_ListResourcePoolsRequest, _determined_api_v1_ListResourcePoolsRequest__Output>

@@ -41,6 +41,11 @@ export interface S3StorageOptions {
   credentials?: S3ClientConfig['credentials'];
   /** Keys per ListObjectsV2 page (default 1000, S3's maximum). */
   listPageSize?: number;
+  /**
+   * A request that connects, sends or receives nothing for this long fails with a timeout (and is
+   * retried like a network error); catches stalled connections (default: none, the SDK's default).
+   */
+  requestTimeoutMs?: number;
 }
 
 interface AwsLikeError {
@@ -80,6 +85,9 @@ export class S3Storage implements CheckpointStorage {
       forcePathStyle: opts.forcePathStyle,
       maxAttempts: opts.maxAttempts ?? 5,
       credentials: opts.credentials,
+      ...(opts.requestTimeoutMs !== undefined
+        ? { requestHandler: { connectionTimeout: opts.requestTimeoutMs, socketTimeout: opts.requestTimeoutMs } }
+        : {}),
     });
   }
 
@@ -169,11 +177,16 @@ export class S3Storage implements CheckpointStorage {
         const full = obj.Key ?? '';
         // A key planted by another client ("team-a/../x") must not reach a download path.
         const key = full.slice(root.length);
+        // Zero-byte "folder" markers that consoles create ("a/b/") are no objects: skipped, but
+        // checked like a prefix first, so a planted "a/../" is still refused.
+        const marker = full.endsWith('/') && (obj.Size ?? 0) === 0;
         try {
-          validateKey(key);
+          if (marker) validatePrefix(key);
+          else validateKey(key);
         } catch (err) {
           throw new DetError('DET_ERR_INVALID_ARGUMENT', `refusing object s3://${this.bucket}/${full} listed under s3://${this.bucket}/${root}: ${errorMessage(err)}`);
         }
+        if (marker) continue;
         yield { key, size: obj.Size ?? 0, etag: unquote(obj.ETag) ?? '' };
       }
       token = page.IsTruncated ? page.NextContinuationToken : undefined;

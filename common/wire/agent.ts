@@ -8,8 +8,12 @@ import type { ExitInfo__Output, ExitInfo as ExitInfoMsg } from '../proto-gen/det
 import type { TaskSpec__Output, TaskSpec as TaskSpecMsg } from '../proto-gen/determined/agent/v1/TaskSpec';
 import type { LogLine__Output, LogLine as LogLineMsg } from '../proto-gen/determined/agent/v1/LogLine';
 import type { ContainerReport__Output, ContainerReport as ContainerReportMsg } from '../proto-gen/determined/agent/v1/ContainerReport';
+import type { CheckpointStorage__Output, CheckpointStorage as CheckpointStorageMsg } from '../proto-gen/determined/agent/v1/CheckpointStorage';
+import type { CheckpointCompleted__Output, CheckpointCompleted as CheckpointCompletedMsg } from '../proto-gen/determined/agent/v1/CheckpointCompleted';
+import type { DataInput__Output, DataInput as DataInputMsg } from '../proto-gen/determined/agent/v1/DataInput';
 import type {
-  AgentToMaster, ContainerReport, ContainerState, Device, DeviceType, ExitInfo, FailureKind, LogLine, LogStream, MasterToAgent, PullPolicy, TaskSpec,
+  AgentToMaster, CheckpointReport, CheckpointStorageSpec, ContainerReport, ContainerState, DataInput, Device, DeviceType, ExitInfo, FailureKind, LogLine, LogStream,
+  MasterToAgent, PullPolicy, TaskSpec,
 } from '../types';
 
 function strip<P extends string>(prefix: P, value: string): string {
@@ -58,9 +62,48 @@ function reportFromProto(r: ContainerReport__Output): ContainerReport {
   return { allocationId: r.allocationId, containerId: r.containerId, state: stateFromProto(r.state), lastLogSequence: r.lastLogSequence, exit: exitFromProto(r.exit) };
 }
 
+function storageToProto(c: CheckpointStorageSpec): CheckpointStorageMsg {
+  if (c.type === 'shared_fs') return { type: 'shared_fs', hostPath: c.host_path };
+  return { type: 's3', bucket: c.bucket, prefix: c.prefix ?? '', region: c.region ?? '', endpointUrl: c.endpoint_url ?? '', forcePathStyle: c.force_path_style ?? false };
+}
+function storageFromProto(c: CheckpointStorage__Output | null | undefined): CheckpointStorageSpec {
+  if (!c || c.type === '') throw protocolError('task spec without checkpoint_storage');
+  if (c.type === 'shared_fs') return { type: 'shared_fs', host_path: c.hostPath };
+  if (c.type !== 's3') throw protocolError(`unknown checkpoint storage type ${JSON.stringify(c.type)}`);
+  return {
+    type: 's3', bucket: c.bucket,
+    ...(c.prefix ? { prefix: c.prefix } : {}), ...(c.region ? { region: c.region } : {}), ...(c.endpointUrl ? { endpoint_url: c.endpointUrl } : {}),
+    ...(c.forcePathStyle ? { force_path_style: true } : {}),
+  };
+}
+
+function dataToProto(d: DataInput): DataInputMsg {
+  return { source: d.source, target: d.target, region: d.region ?? '', endpointUrl: d.endpointUrl ?? '', forcePathStyle: d.forcePathStyle ?? false };
+}
+function dataFromProto(d: DataInput__Output): DataInput {
+  return { source: d.source, target: d.target, ...(d.region ? { region: d.region } : {}), ...(d.endpointUrl ? { endpointUrl: d.endpointUrl } : {}), ...(d.forcePathStyle ? { forcePathStyle: true } : {}) };
+}
+
+function checkpointToProto(c: CheckpointReport): CheckpointCompletedMsg {
+  return { ...c, metadataJson: JSON.stringify(c.metadata) };
+}
+function checkpointFromProto(c: CheckpointCompleted__Output): CheckpointReport {
+  let metadata: unknown;
+  try {
+    metadata = JSON.parse(c.metadataJson || '{}');
+  } catch {
+    throw protocolError(`checkpoint ${c.uuid}: metadata_json is not JSON`);
+  }
+  if (typeof metadata !== 'object' || metadata === null || Array.isArray(metadata)) throw protocolError(`checkpoint ${c.uuid}: metadata_json is not a JSON object`);
+  return {
+    allocationId: c.allocationId, uuid: c.uuid, name: c.name, createdAtMs: c.createdAtMs, totalSize: c.totalSize, fileCount: c.fileCount,
+    metadata: metadata as Record<string, unknown>, location: c.location,
+  };
+}
+
 /** TaskSpec -> protobuf. */
 export function taskSpecToProto(s: TaskSpec): TaskSpecMsg {
-  return { ...s, deviceType: deviceTypeToProto(s.deviceType) };
+  return { ...s, deviceType: deviceTypeToProto(s.deviceType), checkpointStorage: storageToProto(s.checkpointStorage), data: s.data.map(dataToProto) };
 }
 /** protobuf -> TaskSpec. */
 export function taskSpecFromProto(s: TaskSpec__Output): TaskSpec {
@@ -68,6 +111,7 @@ export function taskSpecFromProto(s: TaskSpec__Output): TaskSpec {
     taskId: s.taskId, allocationId: s.allocationId, image: s.image, entrypoint: s.entrypoint, command: s.command, env: s.env,
     deviceIds: s.deviceIds, deviceType: deviceTypeFromProto(s.deviceType), memoryLimitBytes: s.memoryLimitBytes,
     pullPolicy: (s.pullPolicy === 'always' ? 'always' : 'missing') as PullPolicy, labels: s.labels, killGracePeriodMs: s.killGracePeriodMs,
+    trialId: s.trialId, checkpointStorage: storageFromProto(s.checkpointStorage), data: s.data.map(dataFromProto), latestCheckpointUuid: s.latestCheckpointUuid,
   };
 }
 
@@ -86,6 +130,8 @@ export function agentMessageToProto(m: AgentToMaster): AgentMessage {
       return { pullProgress: { allocationId: m.allocationId, image: m.image, status: m.status, currentBytes: m.currentBytes, totalBytes: m.totalBytes } };
     case 'spotInterruption':
       return { spotInterruption: { action: m.action, actionTimeMs: m.actionTimeMs } };
+    case 'checkpoint':
+      return { checkpointCompleted: checkpointToProto(m.checkpoint) };
   }
 }
 
@@ -116,6 +162,8 @@ export function agentMessageFromProto(m: AgentMessage__Output): AgentToMaster {
     }
     case 'spotInterruption':
       return { kind: 'spotInterruption', action: m.spotInterruption!.action, actionTimeMs: m.spotInterruption!.actionTimeMs };
+    case 'checkpointCompleted':
+      return { kind: 'checkpoint', checkpoint: checkpointFromProto(m.checkpointCompleted!) };
     default:
       throw protocolError('empty agent message');
   }

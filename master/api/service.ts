@@ -1,13 +1,14 @@
 // The admin API (determined.api.v1.Determined) over the cluster and the store.
-import type * as grpc from '@grpc/grpc-js';
 import { DetError } from '../../common/errors';
 import { VERSION } from '../../common/types';
 import type { DeterminedHandlers } from '../../common/proto-gen/determined/api/v1/Determined';
 import type { ProvisionerPool } from '../../common/proto-gen/determined/api/v1/ProvisionerPool';
+import { ExperimentDeleter } from '../checkpoints/deletion';
 import type { Cluster } from '../cluster/cluster';
+import { checkpointHandlers } from './checkpoints';
 import { agentToProto, experimentToProto, slotsToProto, trialToProto } from './convert';
-import { toServiceError } from './errors';
 import { serveTrialLogs } from './trial-logs';
+import { unary } from './unary';
 
 /** Facts about the running master for GetMaster. */
 export interface MasterFacts {
@@ -16,23 +17,16 @@ export interface MasterFacts {
   tls: boolean;
 }
 
-/** Wraps an async unary handler so every error becomes a proper status. */
-function unary<Req, Res>(fn: (req: Req) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
-  return (call, callback) => {
-    fn(call.request).then(
-      (res) => callback(null, res),
-      (err) => callback(toServiceError(err) as grpc.ServiceError),
-    );
-  };
-}
-
 /** Where GetProvisionerStatus reads from (the provisioner service, when any pool has a provider). */
 export interface ProvisionerStatusSource {
   status(pool: string | undefined): Promise<ProvisionerPool[]>;
 }
 
-/** Builds the service implementation. */
-export function apiHandlers(cluster: Cluster, facts: MasterFacts, provisioner?: ProvisionerStatusSource): DeterminedHandlers {
+/**
+ * Builds the service implementation. `deleter` runs DeleteExperiment (default: one on the cluster's store with
+ * the master's AWS default credential chain).
+ */
+export function apiHandlers(cluster: Cluster, facts: MasterFacts, provisioner?: ProvisionerStatusSource, deleter?: ExperimentDeleter): DeterminedHandlers {
   const store = cluster.store;
   const trialOf = (alloc: string) => cluster.trialOfAllocation(alloc);
   const agent = (id: string) => {
@@ -95,5 +89,6 @@ export function apiHandlers(cluster: Cluster, facts: MasterFacts, provisioner?: 
         };
       }),
     })),
+    ...checkpointHandlers(store, deleter ?? new ExperimentDeleter({ store })),
   };
 }

@@ -6,9 +6,9 @@ import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { DetError, errorMessage } from '../../common/errors';
 import type { Logger } from '../../common/log';
-import type { AgentToMaster, ExitInfo, MasterToAgent, RegisteredInfo, Registration } from '../../common/types';
+import type { AgentToMaster, CheckpointReport, CheckpointStorageSpec, ExitInfo, MasterToAgent, RegisteredInfo, Registration } from '../../common/types';
 import { heartbeatTiming } from '../agents/heartbeat';
-import { parseExperimentConfig, type ExperimentConfig } from '../experiment/config';
+import { parseExperimentConfig, withDefaultCheckpointStorage, type ExperimentConfig } from '../experiment/config';
 import { generateTrials } from '../experiment/searcher';
 import { schedule, type PendingTask } from '../scheduler/scheduler';
 import type { ExperimentRecord, Store, TrialRecord, TrialState } from '../store/store';
@@ -23,6 +23,8 @@ export interface ClusterOptions {
   resourcePools: { name: string; description: string }[];
   defaultResourcePool: string;
   agentReconnectGraceMs: number;
+  /** checkpoint_storage of experiments that name none. */
+  checkpointStorage: CheckpointStorageSpec;
 }
 
 /** A trial the master is driving (not terminal). */
@@ -211,7 +213,9 @@ export class Cluster {
   // ---- experiments -------------------------------------------------------
 
   /** Validates a config, stores the experiment and its trials, and queues them. */
-  createExperiment(configYaml: string): Promise<{ experiment: ExperimentRecord; trials: TrialRecord[] }> {
+  createExperiment(submittedYaml: string): Promise<{ experiment: ExperimentRecord; trials: TrialRecord[] }> {
+    parseExperimentConfig(submittedYaml); // problems are reported against what the user wrote
+    const configYaml = withDefaultCheckpointStorage(submittedYaml, this.opts.checkpointStorage);
     const config = parseExperimentConfig(configYaml);
     const pool = config.resources.resourcePool ?? this.opts.defaultResourcePool;
     if (!this.poolNames.includes(pool)) {
@@ -326,6 +330,8 @@ export class Cluster {
           return this.interrupt(entry, `spot instance ${entry.instanceId || entry.id} is being reclaimed (${msg.action} at ${new Date(msg.actionTimeMs).toISOString()})`);
         case 'logs':
           return this.storeLogs(msg.allocationId, agentId, msg.lines);
+        case 'checkpoint':
+          return this.recordCheckpoint(agentId, msg.checkpoint);
         case 'containerState': {
           const alloc = this.allocations.get(msg.allocationId);
           if (!alloc || alloc.agentId !== agentId) {
@@ -547,9 +553,14 @@ export class Cluster {
     await this.apply(trial, { type: 'assigned' });
     if (trial.rec.state !== 'ASSIGNED') return; // e.g. canceled by a pending kill
     const deviceType = agent.devices.find((d) => slotIds.includes(d.id))?.type ?? 'cpu';
+    const latest = await this.store.latestCheckpoint(trialId).catch((err) => {
+      this.log.error('cannot look up the latest checkpoint; the trial starts without it', { trial: trialId, err: errorMessage(err) });
+      return undefined;
+    });
     const spec = buildTaskSpec({
       clusterId: this.clusterId, experimentId: trial.exp.rec.id, trialId, taskId: trial.rec.taskId, allocationId, agentId, slotIds, deviceType,
       hparams: trial.rec.hparams, restarts: trial.rec.restarts, config: trial.exp.config,
+      checkpointStorage: trial.exp.config.checkpointStorage ?? this.opts.checkpointStorage, latestCheckpointUuid: latest?.uuid ?? '',
     });
     if (!agent.channel?.send({ kind: 'start', spec })) {
       // The stream went away before the start could be sent: not the trial's fault.
@@ -557,6 +568,25 @@ export class Cluster {
     }
   }
 
+
+  /** Records a checkpoint an agent stored; a repeated report (after a reconnect) is harmless. */
+  private async recordCheckpoint(agentId: string, c: CheckpointReport): Promise<void> {
+    const alloc = this.allocations.get(c.allocationId) ?? this.released.get(c.allocationId);
+    if (!alloc || alloc.agentId !== agentId) {
+      this.log.warn('checkpoint reported for an allocation this agent does not run; ignored', { agent: agentId, allocation: c.allocationId, checkpoint: c.uuid });
+      return;
+    }
+    const trial = this.trials.get(alloc.trialId);
+    const trialRec = trial?.rec ?? (await this.store.getTrial(alloc.trialId));
+    if (!trialRec) return;
+    const exp = trial?.exp.config ?? parseExperimentConfig((await this.store.getExperiment(trialRec.experimentId))!.configYaml);
+    const added = await this.store.addCheckpoint({
+      uuid: c.uuid, experimentId: trialRec.experimentId, trialId: trialRec.id, allocationId: c.allocationId, name: c.name, state: 'COMPLETED',
+      createdAtMs: c.createdAtMs, reportedAtMs: Date.now(), totalSize: c.totalSize, fileCount: c.fileCount, metadata: c.metadata,
+      storage: exp.checkpointStorage ?? this.opts.checkpointStorage, location: c.location,
+    });
+    if (added) this.log.info('checkpoint stored', { trial: trialRec.id, checkpoint: c.uuid, name: c.name, bytes: c.totalSize, files: c.fileCount });
+  }
 
   private async storeLogs(allocationId: string, agentId: string, lines: { sequence: number; timestampMs: number; stream: 'stdout' | 'stderr' | 'agent'; text: string }[]): Promise<void> {
     const alloc = this.allocations.get(allocationId) ?? this.released.get(allocationId);

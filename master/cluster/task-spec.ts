@@ -1,5 +1,5 @@
 // Builds the TaskSpec an agent runs for one trial attempt. Pure.
-import type { DeviceType, TaskSpec } from '../../common/types';
+import type { CheckpointStorageSpec, DeviceType, TaskSpec } from '../../common/types';
 import type { ExperimentConfig } from '../experiment/config';
 
 /** Inputs for one attempt of a trial. */
@@ -15,6 +15,10 @@ export interface TaskSpecInput {
   hparams: Record<string, unknown>;
   restarts: number;
   config: ExperimentConfig;
+  /** The experiment's checkpoint storage (with the master's default filled in). */
+  checkpointStorage: CheckpointStorageSpec;
+  /** The trial's latest complete checkpoint, '' for none. */
+  latestCheckpointUuid: string;
 }
 
 /** The container spec, including the DET_* environment a trial sees. */
@@ -44,5 +48,9 @@ export function buildTaskSpec(i: TaskSpecInput): TaskSpec {
     pullPolicy: i.config.pullPolicy,
     labels: { 'ai.det.experiment-id': String(i.experimentId), 'ai.det.trial-id': String(i.trialId) },
     killGracePeriodMs: i.config.killGracePeriodMs,
+    trialId: i.trialId,
+    checkpointStorage: i.checkpointStorage,
+    data: i.config.data,
+    latestCheckpointUuid: i.latestCheckpointUuid,
   };
 }

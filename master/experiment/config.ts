@@ -4,6 +4,9 @@ import * as YAML from 'yaml';
 import { z } from 'zod';
 import { DetError } from '../../common/errors';
 import { asRecord, collectProblems, problemsError, type ConfigProblem } from '../../common/config/pipeline';
+import { checkpointStorageSchema } from '../../common/storage';
+import type { CheckpointStorageSpec, DataInput } from '../../common/types';
+import { dataInputProblems, dataInputSchema } from './data-inputs';
 import { parseBytes, parseDurationMs } from './units';
 
 const scalar = z.union([z.string(), z.number(), z.boolean()]);
@@ -58,6 +61,10 @@ const schema = z
       .default({ name: 'single' }),
     max_restarts: z.number().int().min(0).default(5),
     kill_grace_period: z.union([z.string(), z.number()]).default('10s'),
+    /** Where checkpoints go; the master's checkpoint_storage when absent. */
+    checkpoint_storage: checkpointStorageSchema.optional(),
+    /** S3 prefixes mounted read-only into every trial container. */
+    data: z.array(dataInputSchema).default([]),
   })
   .strict();
 
@@ -89,6 +96,7 @@ function crossCheck(raw: Record<string, unknown>): ConfigProblem[] {
   if ((typeof grace === 'string' || typeof grace === 'number') && parseDurationMs(grace) === undefined) {
     problems.push({ path: ['kill_grace_period'], message: `cannot parse ${JSON.stringify(grace)}: use a duration like 30s or 2m` });
   }
+  problems.push(...dataInputProblems(raw.data));
   return problems;
 }
 
@@ -107,6 +115,9 @@ export interface ExperimentConfig {
   searcher: { name: 'single' | 'grid' | 'random'; maxTrials: number | undefined; seed: number | undefined };
   maxRestarts: number;
   killGracePeriodMs: number;
+  /** Undefined until the master fills in its default (see withDefaultCheckpointStorage). */
+  checkpointStorage: CheckpointStorageSpec | undefined;
+  data: DataInput[];
 }
 
 /** Parses and validates experiment YAML; throws DET_ERR_EXPERIMENT_CONFIG_INVALID listing every problem. */
@@ -145,7 +156,23 @@ export function parseExperimentConfig(yamlText: string): ExperimentConfig {
     searcher: { name: c.searcher.name, maxTrials: c.searcher.max_trials, seed: c.searcher.seed },
     maxRestarts: c.max_restarts,
     killGracePeriodMs: parseDurationMs(c.kill_grace_period)!,
+    checkpointStorage: c.checkpoint_storage,
+    data: c.data.map((d) => ({
+      source: d.source, target: d.target,
+      ...(d.region ? { region: d.region } : {}), ...(d.endpoint_url ? { endpointUrl: d.endpoint_url } : {}), ...(d.force_path_style ? { forcePathStyle: true } : {}),
+    })),
   };
+}
+
+/**
+ * The experiment YAML with `checkpoint_storage` set to `fallback` when it names none, so the stored
+ * config says where its checkpoints go even if the master's default changes later. Comments stay.
+ */
+export function withDefaultCheckpointStorage(yamlText: string, fallback: CheckpointStorageSpec): string {
+  const doc = YAML.parseDocument(yamlText);
+  if (doc.has('checkpoint_storage')) return yamlText;
+  doc.set('checkpoint_storage', doc.createNode({ ...fallback }));
+  return doc.toString();
 }
 
 function invalid(what: string, lines: string[]): DetError {

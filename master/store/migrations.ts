@@ -170,6 +170,47 @@ CREATE TABLE trial_logs (
 );
 `;
 
+// metadata and storage are JSON objects; storage never holds credentials.
+const CHECKPOINTS_SQLITE = `
+CREATE TABLE checkpoints (
+  uuid TEXT PRIMARY KEY,
+  experiment_id INTEGER NOT NULL REFERENCES experiments (id),
+  trial_id INTEGER NOT NULL REFERENCES trials (id),
+  allocation_id TEXT NOT NULL,
+  name TEXT NOT NULL,
+  state TEXT NOT NULL,
+  created_at_ms INTEGER NOT NULL,
+  reported_at_ms INTEGER NOT NULL,
+  total_size INTEGER NOT NULL,
+  file_count INTEGER NOT NULL,
+  metadata TEXT NOT NULL,
+  storage TEXT NOT NULL,
+  location TEXT NOT NULL
+);
+CREATE INDEX checkpoints_experiment_id ON checkpoints (experiment_id, created_at_ms);
+CREATE INDEX checkpoints_trial_id ON checkpoints (trial_id, created_at_ms);
+`;
+
+const CHECKPOINTS_POSTGRES = `
+CREATE TABLE checkpoints (
+  uuid TEXT PRIMARY KEY,
+  experiment_id BIGINT NOT NULL REFERENCES experiments (id),
+  trial_id BIGINT NOT NULL REFERENCES trials (id),
+  allocation_id TEXT NOT NULL,
+  name TEXT NOT NULL,
+  state TEXT NOT NULL,
+  created_at_ms BIGINT NOT NULL,
+  reported_at_ms BIGINT NOT NULL,
+  total_size BIGINT NOT NULL,
+  file_count BIGINT NOT NULL,
+  metadata TEXT NOT NULL,
+  storage TEXT NOT NULL,
+  location TEXT NOT NULL
+);
+CREATE INDEX checkpoints_experiment_id ON checkpoints (experiment_id, created_at_ms);
+CREATE INDEX checkpoints_trial_id ON checkpoints (trial_id, created_at_ms);
+`;
+
 /** All migrations in order; the last one's version is the schema this code expects. */
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, name: 'initial schema', sqlite: INITIAL_SQLITE, postgres: INITIAL_POSTGRES },
@@ -187,6 +228,7 @@ export const MIGRATIONS: readonly Migration[] = [
   updated_at_ms BIGINT NOT NULL
 );`,
   },
+  { version: 3, name: 'checkpoints', sqlite: CHECKPOINTS_SQLITE, postgres: CHECKPOINTS_POSTGRES },
 ];
 
 /** The newest schema version this code knows. */

@@ -10,12 +10,21 @@ import {
   agentToRow,
   allocationFromRow,
   allocationToRow,
+  checkpointOrder,
+  checkpointFilterSql,
+  checkpointFromRow,
+  checkpointNotFound,
+  checkpointToRow,
+  checkpointTrialMismatch,
   cleanLogText,
+  deleteExperimentSql,
   experimentFromRow,
   experimentNotFound,
   experimentPatchToRow,
   experimentToRow,
+  insertIfAbsentSql,
   insertSql,
+  latestCheckpointOrder,
   num,
   Row,
   Sql,
@@ -32,6 +41,9 @@ import {
 import type {
   AgentRecord,
   AllocationRecord,
+  CheckpointFilter,
+  CheckpointRecord,
+  CheckpointState,
   ExperimentPatch,
   ExperimentRecord,
   NewExperiment,
@@ -213,6 +225,52 @@ export class PostgresStore implements Store {
     } catch (err) {
       throw pgError(err, this.where, 'lastTrialLogSequence');
     }
+  }
+
+  async addCheckpoint(rec: CheckpointRecord): Promise<boolean> {
+    return this.tx('addCheckpoint', async (c) => {
+      // KEY SHARE keeps the trial (and so its experiment) from being deleted until we commit.
+      const trial = await c.query<Row>('SELECT experiment_id FROM trials WHERE id = $1 FOR KEY SHARE', [rec.trialId]);
+      if (trial.rowCount === 0) throw trialNotFound(rec.trialId);
+      const experimentId = num(trial.rows[0].experiment_id);
+      if (experimentId !== rec.experimentId) throw checkpointTrialMismatch(rec, experimentId);
+      const sql = insertIfAbsentSql('postgres', 'checkpoints', checkpointToRow(rec), 'uuid');
+      return ((await c.query(sql.text, sql.params)).rowCount ?? 0) > 0;
+    });
+  }
+
+  async getCheckpoint(uuid: string): Promise<CheckpointRecord | undefined> {
+    const { rows } = await this.query('getCheckpoint', 'SELECT * FROM checkpoints WHERE uuid = $1', [uuid]);
+    return rows[0] && checkpointFromRow(rows[0]);
+  }
+
+  async listCheckpoints(filter: CheckpointFilter): Promise<CheckpointRecord[]> {
+    const where = checkpointFilterSql('postgres', filter);
+    const { rows } = await this.query('listCheckpoints', `SELECT * FROM checkpoints ${where.text} ${checkpointOrder('postgres')}`, where.params);
+    return rows.map(checkpointFromRow);
+  }
+
+  async latestCheckpoint(trialId: number): Promise<CheckpointRecord | undefined> {
+    const { rows } = await this.query(
+      'latestCheckpoint',
+      `SELECT * FROM checkpoints WHERE trial_id = $1 AND state = 'COMPLETED' ${latestCheckpointOrder('postgres')} LIMIT 1`,
+      [trialId],
+    );
+    return rows[0] && checkpointFromRow(rows[0]);
+  }
+
+  async setCheckpointState(uuid: string, state: CheckpointState): Promise<void> {
+    const result = await this.query('setCheckpointState', 'UPDATE checkpoints SET state = $1 WHERE uuid = $2', [state, uuid]);
+    if (result.rowCount === 0) throw checkpointNotFound(uuid);
+  }
+
+  async deleteExperiment(id: number): Promise<void> {
+    await this.tx('deleteExperiment', async (c) => {
+      let last = 0;
+      for (const sql of deleteExperimentSql('postgres', id)) last = (await c.query(sql.text, sql.params)).rowCount ?? 0;
+      // Throwing rolls back the deletes above.
+      if (last === 0) throw experimentNotFound(id);
+    });
   }
 
   async close(): Promise<void> {

@@ -4,6 +4,7 @@ import { DetError } from '../../common/errors';
 import type {
   AgentRecord,
   AllocationRecord,
+  CheckpointRecord,
   ExperimentPatch,
   ExperimentRecord,
   NewExperiment,
@@ -232,6 +233,72 @@ export function trialLogFromRow(r: Row): TrialLogRecord {
   };
 }
 
+/** Columns of a checkpoint. */
+export function checkpointToRow(c: CheckpointRecord): Row {
+  return {
+    uuid: c.uuid,
+    experiment_id: c.experimentId,
+    trial_id: c.trialId,
+    allocation_id: c.allocationId,
+    name: c.name,
+    state: c.state,
+    created_at_ms: c.createdAtMs,
+    reported_at_ms: c.reportedAtMs,
+    total_size: c.totalSize,
+    file_count: c.fileCount,
+    metadata: JSON.stringify(c.metadata),
+    storage: JSON.stringify(c.storage),
+    location: c.location,
+  };
+}
+
+/** A checkpoint read back. */
+export function checkpointFromRow(r: Row): CheckpointRecord {
+  return {
+    uuid: str(r.uuid),
+    experimentId: num(r.experiment_id),
+    trialId: num(r.trial_id),
+    allocationId: str(r.allocation_id),
+    name: str(r.name),
+    state: str(r.state) as CheckpointRecord['state'],
+    createdAtMs: num(r.created_at_ms),
+    reportedAtMs: num(r.reported_at_ms),
+    totalSize: num(r.total_size),
+    fileCount: num(r.file_count),
+    metadata: json(r.metadata),
+    storage: json(r.storage),
+    location: str(r.location),
+  };
+}
+
+// uuids compare byte-wise in both dialects (PostgreSQL would otherwise use the database's collation).
+const uuidOrder = (kind: StoreKind) => (kind === 'postgres' ? 'uuid COLLATE "C"' : 'uuid');
+
+/** ORDER BY of listCheckpoints: createdAtMs, then uuid. */
+export function checkpointOrder(kind: StoreKind): string {
+  return `ORDER BY created_at_ms, ${uuidOrder(kind)}`;
+}
+
+/** ORDER BY of latestCheckpoint: newest first by createdAtMs, then reportedAtMs (then uuid, so ties are stable). */
+export function latestCheckpointOrder(kind: StoreKind): string {
+  return `ORDER BY created_at_ms DESC, reported_at_ms DESC, ${uuidOrder(kind)} DESC`;
+}
+
+/** `WHERE ...` of listCheckpoints for a filter (empty for none), with its parameters. */
+export function checkpointFilterSql(kind: StoreKind, f: { experimentId?: number; trialId?: number }): Sql {
+  const conds: string[] = [];
+  const params: unknown[] = [];
+  if (f.experimentId !== undefined) {
+    params.push(f.experimentId);
+    conds.push(`experiment_id = ${param(kind, params.length)}`);
+  }
+  if (f.trialId !== undefined) {
+    params.push(f.trialId);
+    conds.push(`trial_id = ${param(kind, params.length)}`);
+  }
+  return { text: conds.length === 0 ? '' : `WHERE ${conds.join(' AND ')}`, params };
+}
+
 /**
  * Log text as both backends can store it: PostgreSQL rejects NUL in TEXT and
  * both would silently mangle lone UTF-16 surrogates, so containers printing
@@ -268,6 +335,31 @@ export function insertSql(kind: StoreKind, table: string, row: Row, conflictKey?
   return { text: `${text} RETURNING *`, params: Object.values(row) };
 }
 
+/** `INSERT ... ON CONFLICT (key) DO NOTHING RETURNING key`: no row back means the key was already there. */
+export function insertIfAbsentSql(kind: StoreKind, table: string, row: Row, key: string): Sql {
+  const cols = Object.keys(row);
+  return {
+    text: `INSERT INTO ${table} (${cols.join(', ')}) VALUES (${cols.map((_, i) => param(kind, i + 1)).join(', ')}) ON CONFLICT (${key}) DO NOTHING RETURNING ${key}`,
+    params: Object.values(row),
+  };
+}
+
+/**
+ * The statements that remove an experiment and everything that references it, children first; run them in
+ * one transaction. The last one deletes the experiment row itself: 0 affected rows means it did not exist.
+ */
+export function deleteExperimentSql(kind: StoreKind, id: number): Sql[] {
+  const p = param(kind, 1);
+  const trialsOf = `SELECT id FROM trials WHERE experiment_id = ${p}`;
+  return [
+    `DELETE FROM checkpoints WHERE experiment_id = ${p}`,
+    `DELETE FROM trial_logs WHERE trial_id IN (${trialsOf})`,
+    `DELETE FROM allocations WHERE trial_id IN (${trialsOf})`,
+    `DELETE FROM trials WHERE experiment_id = ${p}`,
+    `DELETE FROM experiments WHERE id = ${p}`,
+  ].map((text) => ({ text, params: [id] }));
+}
+
 /** `UPDATE table SET ... WHERE id = ?`; `set` must not be empty. */
 export function updateByIdSql(kind: StoreKind, table: string, set: Row, id: number): Sql {
   const cols = Object.keys(set);
@@ -288,6 +380,19 @@ export function storeClosed(kind: StoreKind): DetError {
 /** The error for a patch or log append naming a missing experiment. */
 export function experimentNotFound(id: number): DetError {
   return new DetError('DET_ERR_EXPERIMENT_NOT_FOUND', `experiment ${id} does not exist`);
+}
+
+/** The error for a checkpoint uuid that is not recorded. */
+export function checkpointNotFound(uuid: string): DetError {
+  return new DetError('DET_ERR_CHECKPOINT_NOT_FOUND', `checkpoint ${uuid} does not exist`);
+}
+
+/** The error for a checkpoint whose trial belongs to another experiment. */
+export function checkpointTrialMismatch(c: CheckpointRecord, actualExperimentId: number): DetError {
+  return new DetError(
+    'DET_ERR_INVALID_ARGUMENT',
+    `checkpoint ${c.uuid} names trial ${c.trialId} of experiment ${c.experimentId}, but trial ${c.trialId} belongs to experiment ${actualExperimentId}`,
+  );
 }
 
 /** The error for a patch or log append naming a missing trial. */

@@ -12,12 +12,21 @@ import {
   agentToRow,
   allocationFromRow,
   allocationToRow,
+  checkpointOrder,
+  checkpointFilterSql,
+  checkpointFromRow,
+  checkpointNotFound,
+  checkpointToRow,
+  checkpointTrialMismatch,
   cleanLogText,
+  deleteExperimentSql,
   experimentFromRow,
   experimentNotFound,
   experimentPatchToRow,
   experimentToRow,
+  insertIfAbsentSql,
   insertSql,
+  latestCheckpointOrder,
   num,
   Row,
   Sql,
@@ -34,6 +43,9 @@ import {
 import type {
   AgentRecord,
   AllocationRecord,
+  CheckpointFilter,
+  CheckpointRecord,
+  CheckpointState,
   ExperimentPatch,
   ExperimentRecord,
   NewExperiment,
@@ -181,6 +193,55 @@ export class SqliteStore implements Store {
 
   async lastTrialLogSequence(trialId: number): Promise<number> {
     return this.guard(() => this.lastSequence(trialId));
+  }
+
+  async addCheckpoint(rec: CheckpointRecord): Promise<boolean> {
+    return this.guard(() =>
+      this.db.transaction(() => {
+        const trial = this.stmt('SELECT experiment_id FROM trials WHERE id = ?').get(rec.trialId) as Row | undefined;
+        if (trial === undefined) throw trialNotFound(rec.trialId);
+        if (num(trial.experiment_id) !== rec.experimentId) throw checkpointTrialMismatch(rec, num(trial.experiment_id));
+        return this.get(insertIfAbsentSql('sqlite', 'checkpoints', checkpointToRow(rec), 'uuid')) !== undefined;
+      })(),
+    );
+  }
+
+  async getCheckpoint(uuid: string): Promise<CheckpointRecord | undefined> {
+    return this.guard(() => {
+      const row = this.stmt('SELECT * FROM checkpoints WHERE uuid = ?').get(uuid) as Row | undefined;
+      return row && checkpointFromRow(row);
+    });
+  }
+
+  async listCheckpoints(filter: CheckpointFilter): Promise<CheckpointRecord[]> {
+    return this.guard(() => {
+      const where = checkpointFilterSql('sqlite', filter);
+      return (this.stmt(`SELECT * FROM checkpoints ${where.text} ${checkpointOrder('sqlite')}`).all(...where.params) as Row[]).map(checkpointFromRow);
+    });
+  }
+
+  async latestCheckpoint(trialId: number): Promise<CheckpointRecord | undefined> {
+    return this.guard(() => {
+      const row = this.stmt(`SELECT * FROM checkpoints WHERE trial_id = ? AND state = 'COMPLETED' ${latestCheckpointOrder('sqlite')} LIMIT 1`).get(trialId) as Row | undefined;
+      return row && checkpointFromRow(row);
+    });
+  }
+
+  async setCheckpointState(uuid: string, state: CheckpointState): Promise<void> {
+    return this.guard(() => {
+      if (this.stmt('UPDATE checkpoints SET state = ? WHERE uuid = ?').run(state, uuid).changes === 0) throw checkpointNotFound(uuid);
+    });
+  }
+
+  async deleteExperiment(id: number): Promise<void> {
+    return this.guard(() =>
+      this.db.transaction(() => {
+        let last = 0;
+        for (const sql of deleteExperimentSql('sqlite', id)) last = this.stmt(sql.text).run(...sql.params).changes;
+        // Throwing rolls back the (empty) deletes above.
+        if (last === 0) throw experimentNotFound(id);
+      })(),
+    );
   }
 
   async close(): Promise<void> {

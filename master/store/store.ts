@@ -1,12 +1,15 @@
 // The master's persistence port. Two implementations (sqlite.ts, postgres.ts)
 // pass the same suite (test/integration/store.test.ts).
-import type { ContainerState, Device, FailureKind, LogStream } from '../../common/types';
+import type { CheckpointStorageSpec, ContainerState, Device, FailureKind, LogStream } from '../../common/types';
 
 /** A trial's lifecycle state (see master/task/trial-machine.ts). */
 export type TrialState = 'QUEUED' | 'ASSIGNED' | 'PULLING' | 'STARTING' | 'RUNNING' | 'COMPLETED' | 'ERROR' | 'CANCELED';
 
-/** An experiment's state, derived from its trials (see master/task/experiment-state.ts). */
-export type ExperimentState = 'ACTIVE' | 'STOPPING_CANCELED' | 'COMPLETED' | 'CANCELED' | 'ERROR';
+/**
+ * An experiment's state: derived from its trials (see master/task/experiment-state.ts) while it runs, then
+ * DELETING / DELETE_FAILED once a user deletes it (see master/checkpoints/deletion.ts).
+ */
+export type ExperimentState = 'ACTIVE' | 'STOPPING_CANCELED' | 'COMPLETED' | 'CANCELED' | 'ERROR' | 'DELETING' | 'DELETE_FAILED';
 
 /** Allocation state: ASSIGNED before the agent reports, then the container's state. */
 export type AllocationState = 'ASSIGNED' | ContainerState;
@@ -87,6 +90,38 @@ export interface TrialLogRecord {
   text: string;
 }
 
+/** A checkpoint's state: COMPLETED once reported, DELETED once its objects are gone from storage. */
+export type CheckpointState = 'COMPLETED' | 'DELETED';
+
+/** A checkpoint a trial stored and its agent reported (files + manifest under `<uuid>/` in the experiment's storage). */
+export interface CheckpointRecord {
+  uuid: string;
+  experimentId: number;
+  trialId: number;
+  allocationId: string;
+  /** The checkpoint directory name the trial chose. */
+  name: string;
+  state: CheckpointState;
+  /** When the agent saw it complete. */
+  createdAtMs: number;
+  /** When the master recorded it. */
+  reportedAtMs: number;
+  totalSize: number;
+  fileCount: number;
+  /** User metadata (JSON object). */
+  metadata: Record<string, unknown>;
+  /** The experiment's checkpoint_storage (never credentials). */
+  storage: CheckpointStorageSpec;
+  /** Display location of its manifest (s3://bucket/prefix/<uuid>/.det-manifest.json or a path). */
+  location: string;
+}
+
+/** Which checkpoints listCheckpoints returns; absent fields do not filter. */
+export interface CheckpointFilter {
+  experimentId?: number;
+  trialId?: number;
+}
+
 /** A new experiment before ids are assigned. */
 export type NewExperiment = Omit<ExperimentRecord, 'id'>;
 /** A new trial before ids are assigned; taskId is derived by the store as `${experimentId}.${trialId}`. */
@@ -143,6 +178,25 @@ export interface Store {
   getProvisionerState(pool: string): Promise<string | undefined>;
   /** Replaces the provisioner's persisted state of a pool. */
   putProvisionerState(pool: string, state: string): Promise<void>;
+
+  /**
+   * Records a checkpoint; idempotent on uuid: resolves false (changing nothing) when it is already recorded.
+   * Rejects with DET_ERR_TRIAL_NOT_FOUND for an unknown trial and DET_ERR_INVALID_ARGUMENT when the trial
+   * belongs to another experiment.
+   */
+  addCheckpoint(rec: CheckpointRecord): Promise<boolean>;
+  getCheckpoint(uuid: string): Promise<CheckpointRecord | undefined>;
+  /** Checkpoints matching the filter (all when empty), ordered by createdAtMs, then uuid. */
+  listCheckpoints(filter: CheckpointFilter): Promise<CheckpointRecord[]>;
+  /** The trial's newest COMPLETED checkpoint (by createdAtMs, then reportedAtMs), if any. */
+  latestCheckpoint(trialId: number): Promise<CheckpointRecord | undefined>;
+  /** Rejects with DET_ERR_CHECKPOINT_NOT_FOUND for an unknown uuid. */
+  setCheckpointState(uuid: string, state: CheckpointState): Promise<void>;
+  /**
+   * Removes the experiment and all its rows (trials, allocations, trial logs, checkpoints) in one transaction.
+   * Rejects with DET_ERR_EXPERIMENT_NOT_FOUND (removing nothing) for an unknown id.
+   */
+  deleteExperiment(id: number): Promise<void>;
 
   /** Closes connections; further calls reject with DET_ERR_SHUTTING_DOWN. Calling twice is harmless. */
   close(): Promise<void>;

@@ -29,6 +29,7 @@ import { FakeAgentService } from '../support/fake-agent-service';
 import { FakeImds, type FakeImdsOptions } from '../support/fake-imds';
 import { FakeRuntime } from '../support/fake-runtime';
 import { spawnDet, type DetProcess } from '../support/processes';
+import { testTaskFiles } from '../support/task-files';
 
 // ---- fixtures ---------------------------------------------------------------
 
@@ -432,7 +433,7 @@ describe('spot interruption watcher', () => {
     const log = captureLogger();
     const outbox = new Outbox();
     const devices: Device[] = [];
-    const manager = new ContainerManager(new FakeRuntime(), { clusterId: '', agentId: opts.agentId, networkMode: opts.containerNetworkMode, devices }, outbox, log.child('containers'));
+    const manager = new ContainerManager(new FakeRuntime(), { clusterId: '', agentId: opts.agentId, networkMode: opts.containerNetworkMode, devices }, outbox, log.child('containers'), testTaskFiles(log));
     const session = new AgentSession(opts, devices, manager, outbox, log.child('session'));
     const controller = new AbortController();
     const sessionDone = session.run(controller.signal);

@@ -15,6 +15,7 @@ import { AGENT_TOKEN_METADATA_KEY, VERSION, type AgentToMaster, type Device, typ
 import { waitFor } from '../support/env';
 import { detStatus, FakeAgentService, type FakeAgentServiceOptions, type RecordedConnect } from '../support/fake-agent-service';
 import { FakeRuntime, type FakeRun } from '../support/fake-runtime';
+import { testTaskFiles } from '../support/task-files';
 
 // ---- fixtures ---------------------------------------------------------------
 
@@ -58,6 +59,8 @@ function agentOptions(port: number, o: Partial<AgentOptions> = {}): AgentOptions
     instanceId: 'i-0aaaabbbbccccdddd',
     instanceType: 'p5.48xlarge',
     logLevel: 'debug',
+    workDir: '/nonexistent/work-dir',
+    dataCacheMaxBytes: 1 << 30,
     ...o,
   };
 }
@@ -76,6 +79,10 @@ function spec(allocationId: string, o: Partial<TaskSpec> = {}): TaskSpec {
     pullPolicy: 'always',
     labels: { team: 'nlp' },
     killGracePeriodMs: 2_500,
+    trialId: 0,
+    checkpointStorage: { type: 'shared_fs', host_path: '/tmp/det-test-checkpoints' },
+    data: [],
+    latestCheckpointUuid: '',
     ...o,
   };
 }
@@ -108,7 +115,7 @@ function startAgent(port: number, o: Partial<AgentOptions> = {}): AgentUnderTest
   const log = captureLogger();
   const outbox = new Outbox();
   const runtime = new FakeRuntime();
-  const manager = new ContainerManager(runtime, { clusterId: '', agentId: opts.agentId, networkMode: opts.containerNetworkMode, devices: DEVICES }, outbox, log.child('containers'));
+  const manager = new ContainerManager(runtime, { clusterId: '', agentId: opts.agentId, networkMode: opts.containerNetworkMode, devices: DEVICES }, outbox, log.child('containers'), testTaskFiles(log));
   const session = new AgentSession(opts, DEVICES, manager, outbox, log.child('session'));
   const controller = new AbortController();
   const a: AgentUnderTest = { session, manager, outbox, runtime, log, controller, done: Promise.resolve(), outcome: { settled: false } };
@@ -247,7 +254,13 @@ describe('agent session against a fake master', function () {
       const s = spec('alloc-1');
       fake.send({ kind: 'start', spec: s });
       const run = await a.runtime.waitForRun('alloc-1');
-      assert.deepEqual(run.spec, s);
+      // The spec as sent, plus the checkpoint directory the agent prepared for it.
+      const { mounts, ...rest } = run.spec;
+      assert.deepEqual(rest, { ...s, env: { ...s.env, DET_CHECKPOINT_DIR: '/det/checkpoints' } });
+      assert.equal(mounts?.length, 1);
+      assert.equal(mounts![0].containerPath, '/det/checkpoints');
+      assert.equal(mounts![0].readOnly, false);
+      assert.match(mounts![0].hostPath, /\/allocations\/alloc-1\/checkpoints$/);
       assert.equal(run.ctx.clusterId, 'cluster-xyz');
       assert.equal(run.ctx.agentId, 'agent-under-test');
       assert.deepEqual(run.ctx.devices, DEVICES);
@@ -294,7 +307,7 @@ describe('agent session against a fake master', function () {
       const msgs = withoutHeartbeats(c.received);
       assert.deepEqual(
         about('alloc-a', msgs).map((m) => (m.kind === 'logs' ? m.lines.map((l) => `${l.sequence}:${l.stream}:${l.text}`).join('|') : m.kind === 'containerState' ? `${m.state}@${m.containerId}` : m.kind)),
-        ['STARTING@', '1:agent:pulled image', 'RUNNING@ctr-a', '2:stdout:a one|3:stderr:a warn', '4:stdout:a two', 'TERMINATED@ctr-a'],
+        ['PULLING@', 'STARTING@', '1:agent:pulled image', 'RUNNING@ctr-a', '2:stdout:a one|3:stderr:a warn', '4:stdout:a two', 'TERMINATED@ctr-a'],
       );
       const terminated = msgs.find((m) => m.kind === 'containerState' && m.state === 'TERMINATED');
       assert.ok(terminated && terminated.kind === 'containerState');
@@ -343,8 +356,8 @@ describe('agent session against a fake master', function () {
       let handed = false;
       const later = run.logs('four', 'five').then(() => (handed = true));
       run.finish({ exitCode: 0, failureKind: 'NONE', message: 'done' });
-      await flush();
-      assert.equal(a.outbox.pending, 2, 'the lines and the TERMINATED state wait in the outbox');
+      // TERMINATED is queued once the (empty) checkpoint directory has been flushed.
+      await waitFor(() => a.outbox.pending === 2, { what: 'the lines and the TERMINATED state to wait in the outbox', timeoutMs: 5_000, intervalMs: 5 });
       assert.equal(handed, false, 'the log reader is held back while no stream takes lines');
 
       await fake.restart();

@@ -81,6 +81,10 @@ describe('DockerRuntime (real dockerd)', function () {
       pullPolicy: 'missing',
       labels: { ...TEST_LABELS },
       killGracePeriodMs: 10_000,
+      trialId: 0,
+      checkpointStorage: { type: 'shared_fs', host_path: '/tmp/det-test-checkpoints' },
+      data: [],
+      latestCheckpointUuid: '',
       ...overrides,
     };
   }

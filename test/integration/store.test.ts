@@ -11,12 +11,13 @@ import Database from 'better-sqlite3';
 import { Client, Pool } from 'pg';
 import { DetError, type ErrorCode } from '../../common/errors';
 import { openStore } from '../../master/store';
-import { LATEST_SCHEMA_VERSION, MIGRATIONS } from '../../master/store/migrations';
+import { LATEST_SCHEMA_VERSION, MIGRATIONS, SCHEMA_MIGRATIONS_DDL } from '../../master/store/migrations';
 import { openPostgresStore } from '../../master/store/postgres';
 import { openSqliteStore } from '../../master/store/sqlite';
 import type {
   AgentRecord,
   AllocationRecord,
+  CheckpointRecord,
   NewExperiment,
   NewTrial,
   Store,
@@ -34,6 +35,8 @@ interface Target {
   open(): Promise<Store>;
   /** Raw SQL on this database, bypassing the Store. */
   query(sql: string): Promise<Row[]>;
+  /** Runs a script of several statements (no results), bypassing the Store. */
+  exec(script: string): Promise<void>;
   /** Deletes the database. */
   drop(): Promise<void>;
 }
@@ -116,6 +119,25 @@ function agent(id: string, over: Partial<AgentRecord> = {}): AgentRecord {
 
 function line(text: string, over: Partial<Omit<TrialLogRecord, 'trialId' | 'sequence'>> = {}): Omit<TrialLogRecord, 'trialId' | 'sequence'> {
   return { allocationId: 'alloc-1', timestampMs: 1_700_000_004_000, stream: 'stdout', text, ...over };
+}
+
+function checkpoint(experimentId: number, trialId: number, uuid: string, over: Partial<CheckpointRecord> = {}): CheckpointRecord {
+  return {
+    uuid,
+    experimentId,
+    trialId,
+    allocationId: `${experimentId}.${trialId}.1`,
+    name: `step-${uuid}`,
+    state: 'COMPLETED',
+    createdAtMs: 1_700_000_005_000,
+    reportedAtMs: 1_700_000_005_500,
+    totalSize: 2 ** 40 + 7,
+    fileCount: 3,
+    metadata: { step: 100, loss: 0.25, tags: ['best', 'Ünï'], nested: { ok: true, none: null } },
+    storage: { type: 's3', bucket: 'det-ckpts', prefix: 'team/a', region: 'eu-west-1', endpoint_url: 'http://127.0.0.1:4569', force_path_style: true },
+    location: `s3://det-ckpts/team/a/${uuid}/.det-manifest.json`,
+    ...over,
+  };
 }
 
 function range(from: number, to: number): number[] {
@@ -459,6 +481,180 @@ function storeContract(backend: Backend): void {
       assert.equal(await s.lastTrialLogSequence(t1 + 1000), 0);
     });
 
+    it('records checkpoints with every field; addCheckpoint is idempotent on uuid', async () => {
+      const s = await open();
+      const { experimentId, trialIds: [t1] } = await seed(s, 1);
+      const a = checkpoint(experimentId, t1, 'ckpt-a');
+      assert.equal(await s.addCheckpoint(a), true);
+      assert.deepEqual(await s.getCheckpoint('ckpt-a'), a);
+
+      // A second report of the same uuid (an agent resending after a reconnect) changes nothing.
+      assert.equal(await s.addCheckpoint({ ...a, name: 'other', totalSize: 1, reportedAtMs: 1_800_000_000_000 }), false);
+      assert.deepEqual(await s.getCheckpoint('ckpt-a'), a);
+
+      const shared = checkpoint(experimentId, t1, 'ckpt-b', { storage: { type: 'shared_fs', host_path: '/mnt/ckpts' }, metadata: {}, totalSize: 0, fileCount: 0, location: '/mnt/ckpts/ckpt-b/.det-manifest.json' });
+      assert.equal(await s.addCheckpoint(shared), true);
+      assert.deepEqual(await s.getCheckpoint('ckpt-b'), shared);
+      assert.equal(await s.getCheckpoint('nope'), undefined);
+
+      await s.close();
+      assert.deepEqual(await (await open()).listCheckpoints({ experimentId }), [a, shared]);
+    });
+
+    it('rejects a checkpoint of an unknown trial, or of a trial of another experiment', async () => {
+      const s = await open();
+      const one = await seed(s, 1);
+      const two = await seed(s, 1);
+      await rejectsWith(s.addCheckpoint(checkpoint(one.experimentId, two.trialIds[0] + 1000, 'c1')), 'DET_ERR_TRIAL_NOT_FOUND');
+      const err = await rejectsWith(s.addCheckpoint(checkpoint(one.experimentId, two.trialIds[0], 'c2')), 'DET_ERR_INVALID_ARGUMENT');
+      assert.match(err.message, new RegExp(`trial ${two.trialIds[0]} belongs to experiment ${two.experimentId}`));
+      assert.deepEqual(await s.listCheckpoints({}), []);
+    });
+
+    it('lists checkpoints by experiment and trial, ordered by createdAtMs then uuid', async () => {
+      const s = await open();
+      const { experimentId: e1, trialIds: [t1, t2] } = await seed(s, 2);
+      const { experimentId: e2, trialIds: [t3] } = await seed(s, 1);
+      const c = [
+        checkpoint(e1, t1, 'c-3', { createdAtMs: 3000 }),
+        checkpoint(e1, t2, 'c-1', { createdAtMs: 1000 }),
+        checkpoint(e1, t1, 'c-2b', { createdAtMs: 2000 }),
+        checkpoint(e1, t1, 'c-2a', { createdAtMs: 2000 }),
+        checkpoint(e2, t3, 'c-0', { createdAtMs: 500 }),
+        // Same time: byte order of the uuid on both backends, whatever PostgreSQL's collation.
+        checkpoint(e2, t3, 'B-0', { createdAtMs: 500 }),
+      ];
+      for (const x of c) await s.addCheckpoint(x);
+      const uuids = (rs: CheckpointRecord[]) => rs.map((r) => r.uuid);
+      assert.deepEqual(uuids(await s.listCheckpoints({ experimentId: e1 })), ['c-1', 'c-2a', 'c-2b', 'c-3']);
+      assert.deepEqual(uuids(await s.listCheckpoints({ trialId: t1 })), ['c-2a', 'c-2b', 'c-3']);
+      assert.deepEqual(uuids(await s.listCheckpoints({ experimentId: e1, trialId: t2 })), ['c-1']);
+      assert.deepEqual(uuids(await s.listCheckpoints({ experimentId: e2, trialId: t1 })), []);
+      assert.deepEqual(uuids(await s.listCheckpoints({ experimentId: e2 })), ['B-0', 'c-0']);
+      assert.deepEqual(uuids(await s.listCheckpoints({})), ['B-0', 'c-0', 'c-1', 'c-2a', 'c-2b', 'c-3']);
+      assert.deepEqual(await s.listCheckpoints({ experimentId: e2 + 1000 }), []);
+    });
+
+    it('latestCheckpoint is the newest COMPLETED one of the trial (createdAtMs, then reportedAtMs)', async () => {
+      const s = await open();
+      const { experimentId, trialIds: [t1, t2] } = await seed(s, 2);
+      assert.equal(await s.latestCheckpoint(t1), undefined);
+      await s.addCheckpoint(checkpoint(experimentId, t1, 'old', { createdAtMs: 1000, reportedAtMs: 9000 }));
+      await s.addCheckpoint(checkpoint(experimentId, t1, 'tie-early', { createdAtMs: 2000, reportedAtMs: 2100 }));
+      await s.addCheckpoint(checkpoint(experimentId, t1, 'tie-late', { createdAtMs: 2000, reportedAtMs: 2200 }));
+      await s.addCheckpoint(checkpoint(experimentId, t2, 'other-trial', { createdAtMs: 5000 }));
+      assert.equal((await s.latestCheckpoint(t1))?.uuid, 'tie-late');
+      await s.addCheckpoint(checkpoint(experimentId, t1, 'deleted-newest', { createdAtMs: 3000, state: 'DELETED' }));
+      assert.equal((await s.latestCheckpoint(t1))?.uuid, 'tie-late');
+      await s.setCheckpointState('tie-late', 'DELETED');
+      assert.equal((await s.latestCheckpoint(t1))?.uuid, 'tie-early');
+      assert.equal((await s.latestCheckpoint(t2))?.uuid, 'other-trial');
+    });
+
+    it('setCheckpointState changes only that checkpoint; an unknown uuid is NOT_FOUND', async () => {
+      const s = await open();
+      const { experimentId, trialIds: [t1] } = await seed(s, 1);
+      const a = checkpoint(experimentId, t1, 'a');
+      const b = checkpoint(experimentId, t1, 'b');
+      await s.addCheckpoint(a);
+      await s.addCheckpoint(b);
+      await s.setCheckpointState('a', 'DELETED');
+      await s.setCheckpointState('a', 'DELETED');
+      assert.deepEqual(await s.listCheckpoints({ experimentId }), [{ ...a, state: 'DELETED' }, b]);
+      const err = await rejectsWith(s.setCheckpointState('missing', 'DELETED'), 'DET_ERR_CHECKPOINT_NOT_FOUND');
+      assert.match(err.message, /checkpoint missing does not exist/);
+    });
+
+    it('deleteExperiment removes the experiment and all its rows in one go, leaving other experiments alone', async () => {
+      const s = await open();
+      const doomed = await s.createExperiment(newExperiment({ state: 'COMPLETED' }), [newTrial(), newTrial()]);
+      const kept = await s.createExperiment(newExperiment({ name: 'kept' }), [newTrial()]);
+      const fill = async (e: typeof doomed, tag: string) => {
+        for (const t of e.trials) {
+          await s.putAllocation(allocation(t.id, t.taskId, { id: `${tag}-alloc-${t.id}` }));
+          await s.appendTrialLogs(t.id, [line(`${tag} 1`), line(`${tag} 2`)]);
+          await s.addCheckpoint(checkpoint(e.experiment.id, t.id, `${tag}-ckpt-${t.id}`));
+        }
+      };
+      await fill(doomed, 'doomed');
+      await fill(kept, 'kept');
+      const keptBefore = {
+        experiment: await s.getExperiment(kept.experiment.id),
+        trials: await s.listTrials(kept.experiment.id),
+        alloc: await s.getAllocation(`kept-alloc-${kept.trials[0].id}`),
+        logs: await s.trialLogs(kept.trials[0].id, 0, 100),
+        checkpoints: await s.listCheckpoints({ experimentId: kept.experiment.id }),
+      };
+
+      await s.deleteExperiment(doomed.experiment.id);
+
+      assert.equal(await s.getExperiment(doomed.experiment.id), undefined);
+      assert.deepEqual(await s.listTrials(doomed.experiment.id), []);
+      assert.deepEqual(await s.listCheckpoints({ experimentId: doomed.experiment.id }), []);
+      for (const t of doomed.trials) {
+        assert.equal(await s.getTrial(t.id), undefined);
+        assert.equal(await s.getAllocation(`doomed-alloc-${t.id}`), undefined);
+        assert.deepEqual(await s.trialLogs(t.id, 0, 100), []);
+        assert.equal(await s.getCheckpoint(`doomed-ckpt-${t.id}`), undefined);
+      }
+      // Straight from the tables too, not only through the Store's queries.
+      const doomedTrials = doomed.trials.map((t) => t.id).join(', ');
+      for (const [table, where] of [
+        ['experiments', `id = ${doomed.experiment.id}`],
+        ['trials', `experiment_id = ${doomed.experiment.id}`],
+        ['allocations', `trial_id IN (${doomedTrials})`],
+        ['trial_logs', `trial_id IN (${doomedTrials})`],
+        ['checkpoints', `experiment_id = ${doomed.experiment.id}`],
+      ]) {
+        assert.equal(Number((await target.query(`SELECT count(*) AS n FROM ${table} WHERE ${where}`))[0].n), 0, table);
+      }
+      assert.deepEqual(
+        {
+          experiment: await s.getExperiment(kept.experiment.id),
+          trials: await s.listTrials(kept.experiment.id),
+          alloc: await s.getAllocation(`kept-alloc-${kept.trials[0].id}`),
+          logs: await s.trialLogs(kept.trials[0].id, 0, 100),
+          checkpoints: await s.listCheckpoints({ experimentId: kept.experiment.id }),
+        },
+        keptBefore,
+      );
+
+      await rejectsWith(s.deleteExperiment(doomed.experiment.id), 'DET_ERR_EXPERIMENT_NOT_FOUND');
+      // Ids of deleted experiments and trials are never handed out again.
+      const next = await s.createExperiment(newExperiment(), [newTrial()]);
+      assert.ok(next.experiment.id > doomed.experiment.id && next.experiment.id > kept.experiment.id);
+      assert.ok(next.trials[0].id > Math.max(...doomed.trials.map((t) => t.id), kept.trials[0].id));
+    });
+
+    it('applies migration 3 (checkpoints) over a version 2 database, keeping its rows', async () => {
+      await target.exec(SCHEMA_MIGRATIONS_DDL[backend.kind]);
+      for (const m of MIGRATIONS.filter((m) => m.version <= 2)) {
+        await target.exec(m[backend.kind]);
+        await target.exec(`INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (${m.version}, '${m.name}', 0)`);
+      }
+      await target.exec(
+        `INSERT INTO experiments (name, state, config_yaml, config, resource_pool, priority, kill_requested, created_at_ms)
+         VALUES ('old', 'COMPLETED', 'name: old', '{}', 'default', 1, ${backend.kind === 'sqlite' ? 0 : 'false'}, 1000)`,
+      );
+      const expId = Number((await target.query('SELECT id FROM experiments'))[0].id);
+      await target.exec(
+        `INSERT INTO trials (experiment_id, state, hparams, restarts, task_id, slot_ids, message, created_at_ms)
+         VALUES (${expId}, 'COMPLETED', '{}', 0, '${expId}.1', '[]', '', 1000)`,
+      );
+      const trialId = Number((await target.query('SELECT id FROM trials'))[0].id);
+      await assert.rejects(target.query('SELECT * FROM checkpoints'));
+
+      const s = await open();
+      const versions = await target.query('SELECT version FROM schema_migrations ORDER BY version');
+      assert.deepEqual(versions.map((r) => Number(r.version)), MIGRATIONS.map((m) => m.version));
+      assert.equal((await s.getExperiment(expId))?.name, 'old');
+      const c = checkpoint(expId, trialId, 'after-upgrade');
+      assert.equal(await s.addCheckpoint(c), true);
+      assert.deepEqual(await s.listCheckpoints({ trialId }), [c]);
+      await s.deleteExperiment(expId);
+      assert.deepEqual(await s.listExperiments(), []);
+    });
+
     it('closes twice harmlessly; calls after close reject', async () => {
       const s = await open();
       await s.close();
@@ -518,6 +714,15 @@ function sqliteBackend(root: () => string): Backend {
             db.close();
           }
         },
+        async exec(script) {
+          mkdirSync(dir, { recursive: true });
+          const db = new Database(file);
+          try {
+            db.exec(script);
+          } finally {
+            db.close();
+          }
+        },
         async drop() {
           rmSync(path.dirname(dir), { recursive: true, force: true });
         },
@@ -549,6 +754,15 @@ function postgresBackend(admin: () => Pool, baseUrl: () => string): Backend {
           await c.connect();
           try {
             return (await c.query(sql)).rows as Row[];
+          } finally {
+            await c.end();
+          }
+        },
+        async exec(script) {
+          const c = new Client({ connectionString: url });
+          await c.connect();
+          try {
+            await c.query(script);
           } finally {
             await c.end();
           }

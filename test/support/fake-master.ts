@@ -7,6 +7,7 @@ import { ERROR_CODE_METADATA_KEY, ERRORS, type ErrorCode } from '../../common/er
 import { apiProto } from '../../common/proto/load';
 import type { ProvisionerPool } from '../../common/proto-gen/determined/api/v1/ProvisionerPool';
 import type { Agent } from '../../common/proto-gen/determined/api/v1/Agent';
+import type { Checkpoint } from '../../common/proto-gen/determined/api/v1/Checkpoint';
 import type { DeterminedHandlers } from '../../common/proto-gen/determined/api/v1/Determined';
 import type { Experiment } from '../../common/proto-gen/determined/api/v1/Experiment';
 import type { GetMasterResponse } from '../../common/proto-gen/determined/api/v1/GetMasterResponse';
@@ -145,6 +146,24 @@ export const mock = {
       ...o,
     };
   },
+  checkpoint(o: Partial<Checkpoint> = {}): Checkpoint {
+    return {
+      uuid: 'ckpt-0001',
+      experimentId: 1,
+      trialId: 7,
+      allocationId: 'alloc-7',
+      name: 'step-100',
+      state: 'CHECKPOINT_STATE_COMPLETED',
+      createdAtMs: 1_700_000_050_000,
+      reportedAtMs: 1_700_000_051_000,
+      totalSize: 1536,
+      fileCount: 2,
+      metadataJson: '{"step":100}',
+      location: 's3://ckpts/exp/ckpt-0001/.det-manifest.json',
+      storage: { type: 's3', bucket: 'ckpts', prefix: 'exp', region: '', endpointUrl: '', forcePathStyle: false },
+      ...o,
+    };
+  },
   pool(o: Partial<ResourcePool> = {}): ResourcePool {
     return { name: 'default', description: 'the default pool', numAgents: 1, slotsTotal: 8, slotsUsed: 0, queuedTasks: 0, isDefault: true, ...o };
   },
@@ -166,6 +185,8 @@ export interface FakeCluster {
   logBatchSize?: number;
   /** Provisioned pools for GetProvisionerStatus (default none). */
   provisioner?: ProvisionerPool[];
+  /** Checkpoints for ListCheckpoints / GetCheckpoint (default none); DeleteExperiment removes an experiment's. */
+  checkpoints?: Checkpoint[];
   /** Answer to CreateExperiment (default: INVALID_ARGUMENT). */
   create?: (configYaml: string) => { experiment: Experiment; trials: Trial[] } | Partial<grpc.StatusObject>;
 }
@@ -225,6 +246,29 @@ export function clusterHandlers(cluster: FakeCluster): DeterminedHandlers {
       const trial = findTrial(call.request.trialId);
       if (!trial) return cb(detError('DET_ERR_TRIAL_NOT_FOUND', `trial ${call.request.trialId} not found`));
       cb(null, { trial });
+    },
+    ListCheckpoints: (call, cb) => {
+      const { experimentId, trialId } = call.request;
+      if (experimentId > 0 && !findExperiment(experimentId)) return cb(detError('DET_ERR_EXPERIMENT_NOT_FOUND', `experiment ${experimentId} not found`));
+      if (trialId > 0 && !findTrial(trialId)) return cb(detError('DET_ERR_TRIAL_NOT_FOUND', `trial ${trialId} not found`));
+      const checkpoints = (cluster.checkpoints ?? []).filter((c) => (!experimentId || c.experimentId === experimentId) && (!trialId || c.trialId === trialId));
+      cb(null, { checkpoints });
+    },
+    GetCheckpoint: (call, cb) => {
+      const checkpoint = (cluster.checkpoints ?? []).find((c) => c.uuid === call.request.uuid);
+      if (!checkpoint) return cb(detError('DET_ERR_CHECKPOINT_NOT_FOUND', `checkpoint ${call.request.uuid} not found`));
+      cb(null, { checkpoint });
+    },
+    DeleteExperiment: (call, cb) => {
+      const id = call.request.experimentId;
+      const e = findExperiment(id);
+      if (!e) return cb(detError('DET_ERR_EXPERIMENT_NOT_FOUND', `experiment ${id} not found`));
+      const state = String(e.experiment.state).replace('EXPERIMENT_STATE_', '');
+      if (state === 'ACTIVE') return cb(detError('DET_ERR_EXPERIMENT_NOT_ENDED', `experiment ${id} is ACTIVE; kill it first (det experiment kill ${id})`));
+      const mine = (cluster.checkpoints ?? []).filter((c) => c.experimentId === id);
+      cluster.checkpoints = (cluster.checkpoints ?? []).filter((c) => c.experimentId !== id);
+      cluster.experiments = cluster.experiments.filter((x) => x !== e);
+      cb(null, { checkpointsDeleted: mine.length, objectsDeleted: mine.reduce((n, c) => n + Number(c.fileCount ?? 0) + 1, 0) });
     },
     TrialLogs: (call) => {
       const { trialId, afterSequence, tail } = call.request;

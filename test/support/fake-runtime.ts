@@ -1,7 +1,7 @@
 // A fake ContainerRuntime for tests of the agent's session and container
 // manager: every run() is handed to the test as a FakeRun whose states, log
 // lines and exit the test drives; kill() and listManaged() are recorded.
-import type { ContainerRuntime, ContainerSink, ManagedContainer, PullProgress, RunContext, RuntimeLogLine } from '../../agent/containers/runtime';
+import type { ContainerRuntime, ContainerSink, ManagedContainer, PullProgress, RunContext, RunSpec, RuntimeLogLine } from '../../agent/containers/runtime';
 import type { ContainerState, ExitInfo, LogStream, TaskSpec } from '../../common/types';
 
 /** One recorded kill() call. */
@@ -22,7 +22,7 @@ export class FakeRun {
   readonly result: Promise<ExitInfo>;
 
   constructor(
-    readonly spec: TaskSpec,
+    readonly spec: RunSpec,
     readonly ctx: RunContext,
     private readonly sink: ContainerSink,
     readonly signal: AbortSignal | undefined,
@@ -91,7 +91,7 @@ export class FakeRuntime implements ContainerRuntime {
 
   async ping(): Promise<void> {}
 
-  run(spec: TaskSpec, ctx: RunContext, sink: ContainerSink, signal?: AbortSignal): Promise<ExitInfo> {
+  run(spec: RunSpec, ctx: RunContext, sink: ContainerSink, signal?: AbortSignal): Promise<ExitInfo> {
     const r = new FakeRun(structuredClone(spec), { ...ctx }, sink, signal);
     this.runs.push(r);
     for (const w of this.waiters.filter((w) => w.allocationId === spec.allocationId)) {

@@ -1,6 +1,8 @@
 // A master run in the test process (SQLite store, gRPC on 127.0.0.1:0, captured log),
 // optionally with a provisioner service, plus an admin API client on it.
+import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
+import type { CheckpointStorageSpec } from '../../common/types';
 import { createLogger, type Logger } from '../../common/log';
 import { apiProto } from '../../common/proto/load';
 import type { DeterminedClient } from '../../common/proto-gen/determined/api/v1/Determined';
@@ -17,6 +19,8 @@ export interface InProcessMasterOptions {
   clusterName: string;
   pools: { name: string; description: string }[];
   graceMs?: number;
+  /** Default checkpoint_storage (default: shared_fs in a "checkpoints" directory next to dbFile). */
+  checkpointStorage?: CheckpointStorageSpec;
   /** Builds the provisioner service once the cluster and store exist (started after the server). */
   provisioner?: (cluster: Cluster, store: Store, log: Logger) => ProvisionerService;
 }
@@ -40,7 +44,9 @@ export async function startInProcessMaster(o: InProcessMasterOptions): Promise<I
   const log: string[] = [];
   const logger = createLogger('master', { level: 'debug', sink: (line) => log.push(line) });
   const store = await openSqliteStore(o.dbFile);
-  const cluster = await Cluster.open(store, { resourcePools: o.pools, defaultResourcePool: o.pools[0].name, agentReconnectGraceMs: o.graceMs ?? 60_000 }, logger.child('cluster'));
+  const cluster = await Cluster.open(store, { resourcePools: o.pools, defaultResourcePool: o.pools[0].name, agentReconnectGraceMs: o.graceMs ?? 60_000,
+    checkpointStorage: o.checkpointStorage ?? { type: 'shared_fs', host_path: path.join(path.dirname(path.resolve(o.dbFile)), 'checkpoints') },
+  }, logger.child('cluster'));
   let service: ProvisionerService | undefined;
   const server = await startServer(
     cluster,

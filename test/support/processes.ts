@@ -104,7 +104,10 @@ export async function startMaster(args: string[] = [], env: NodeJS.ProcessEnv = 
 
 /** Starts det-agent against a master, on the test dockerd. */
 export async function startAgent(master: TestMaster, dockerSocket: string, opts: { id?: string; args?: string[]; env?: NodeJS.ProcessEnv; waitRegistered?: boolean } = {}): Promise<DetProcess> {
-  const proc = spawnDet('det-agent', ['--master-port', String(master.port), '--docker-socket', dockerSocket, '--agent-id', opts.id ?? 'e2e-agent', ...(opts.args ?? [])], {
+  const args = opts.args ?? [];
+  // A work dir of its own, unless the test names one: agents of different tests never share task files.
+  const workDir = args.includes('--work-dir') ? [] : ['--work-dir', fs.mkdtempSync(path.join(os.tmpdir(), 'det-e2e-agent-work-'))];
+  const proc = spawnDet('det-agent', ['--master-port', String(master.port), '--docker-socket', dockerSocket, '--agent-id', opts.id ?? 'e2e-agent', ...workDir, ...args], {
     DET_AGENT_TOKEN: master.token,
     ...opts.env,
   });

@@ -5,7 +5,7 @@ import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { DetError } from '../../common/errors';
-import { checkpointNameProblem, COMPLETE_MARKER, MAX_METADATA_BYTES, METADATA_FILE } from '../../agent/checkpoints/contract';
+import { checkpointNameProblem, COMPLETE_MARKER, MAX_METADATA_BYTES, METADATA_FILE } from '../../common/checkpoints/contract';
 import {
   buildManifest,
   manifestPathProblem,
@@ -14,7 +14,7 @@ import {
   verifyFileAgainstManifest,
   type CheckpointInfo,
   type Manifest,
-} from '../../agent/checkpoints/manifest';
+} from '../../common/checkpoints/manifest';
 
 const sha = (s: string | Buffer) => createHash('sha256').update(s).digest('hex');
 const info: CheckpointInfo = { uuid: 'u-1', trialId: 7, allocationId: 'a-1', name: 'step-100', createdAtMs: 1_700_000_000_000 };
@@ -57,12 +57,12 @@ describe('checkpoint manifest', () => {
     await write(ckpt, 'sub/.det-nested', 'only the top level is reserved');
     const m = await buildManifest(ckpt, info, { concurrency: 2 });
     assert.deepEqual(m.files, [
-      { path: 'A.txt', size: 5, sha256: sha('upper') },
-      { path: 'a/deep/er/x.txt', size: 5, sha256: sha('hello') },
-      { path: 'b/z.txt', size: 3, sha256: sha('zzz') },
-      { path: 'empty', size: 0, sha256: sha('') },
-      { path: 'model.bin', size: big.length, sha256: sha(big) },
-      { path: 'sub/.det-nested', size: 30, sha256: sha('only the top level is reserved') },
+      { path: 'A.txt', size: 5, sha256: sha('upper'), key: 'u-1/A.txt' },
+      { path: 'a/deep/er/x.txt', size: 5, sha256: sha('hello'), key: 'u-1/a/deep/er/x.txt' },
+      { path: 'b/z.txt', size: 3, sha256: sha('zzz'), key: 'u-1/b/z.txt' },
+      { path: 'empty', size: 0, sha256: sha(''), key: 'u-1/empty' },
+      { path: 'model.bin', size: big.length, sha256: sha(big), key: 'u-1/model.bin' },
+      { path: 'sub/.det-nested', size: 30, sha256: sha('only the top level is reserved'), key: 'u-1/sub/.det-nested' },
     ]);
     assert.equal(m.totalSize, 5 + 5 + 3 + 0 + big.length + 30);
     assert.deepEqual({ ...m, files: [], totalSize: 0 }, { version: 1, ...info, files: [], totalSize: 0, metadata: {} });
@@ -128,8 +128,8 @@ describe('checkpoint manifest', () => {
     await fs.symlink('weights/v1.bin', path.join(ckpt, 'latest.bin'));
     const m = await buildManifest(ckpt, info);
     assert.deepEqual(m.files, [
-      { path: 'latest.bin', size: 10, sha256: sha('weights-v1') },
-      { path: 'weights/v1.bin', size: 10, sha256: sha('weights-v1') },
+      { path: 'latest.bin', size: 10, sha256: sha('weights-v1'), key: 'u-1/latest.bin' },
+      { path: 'weights/v1.bin', size: 10, sha256: sha('weights-v1'), key: 'u-1/weights/v1.bin' },
     ]);
   });
 
@@ -142,6 +142,25 @@ describe('checkpoint manifest', () => {
   it('rejects an invalid checkpoint name and a missing directory', async () => {
     await rejectsInvalid(buildManifest(ckpt, { ...info, name: 'a/b' }), /invalid checkpoint name/);
     await rejectsInvalid(buildManifest(path.join(tmp, 'missing'), info), /cannot read checkpoint directory/);
+  });
+
+  it('rejects a uuid that cannot be a storage key segment', async () => {
+    await write(ckpt, 'f', 'x');
+    await rejectsInvalid(buildManifest(ckpt, { ...info, uuid: '../escape' }), /invalid checkpoint uuid "\.\.\/escape"/);
+  });
+
+  it('hashes through the given hash function (the agent passes its HashCache)', async () => {
+    await write(ckpt, 'a', 'aaa');
+    await write(ckpt, 'b/c', 'cc');
+    const asked: string[] = [];
+    const m = await buildManifest(ckpt, info, {
+      hash: async (file) => {
+        asked.push(path.relative(await fs.realpath(ckpt), file));
+        return { size: 1, sha256: 'f'.repeat(64) };
+      },
+    });
+    assert.deepEqual(asked.sort(), ['a', path.join('b', 'c')]);
+    assert.deepEqual(m.files.map((f) => [f.path, f.sha256]), [['a', 'f'.repeat(64)], ['b/c', 'f'.repeat(64)]]);
   });
 
   it('verifies downloaded files against their entry', async () => {
@@ -199,8 +218,8 @@ describe('parseManifest', () => {
     version: 1,
     ...info,
     files: [
-      { path: 'a', size: 1, sha256: 'a'.repeat(64) },
-      { path: 'b/c', size: 2, sha256: 'b'.repeat(64) },
+      { path: 'a', size: 1, sha256: 'a'.repeat(64), key: 'u-1/a' },
+      { path: 'b/c', size: 2, sha256: 'b'.repeat(64), key: 'u-0/b/c' },
     ],
     totalSize: 3,
     metadata: { step: 1 },
@@ -216,10 +235,21 @@ describe('parseManifest', () => {
     { name: 'an array', m: [], want: /\(manifest\)/ },
     { name: 'wrong version', m: { ...good, version: 2 }, want: /version/ },
     { name: 'a missing uuid', m: { ...good, uuid: undefined }, want: /uuid/ },
-    { name: 'a .. path', m: { ...good, files: [{ path: '../x', size: 3, sha256: 'a'.repeat(64) }] }, want: /files\[0\]\.path: unsafe path "\.\.\/x"/ },
-    { name: 'an absolute path', m: { ...good, files: [{ path: '/x', size: 3, sha256: 'a'.repeat(64) }] }, want: /absolute/ },
-    { name: 'a bad sha256', m: { ...good, files: [{ path: 'x', size: 3, sha256: 'XYZ' }] }, want: /files\[0\]\.sha256: must be 64 lowercase hex/ },
-    { name: 'a negative size', m: { ...good, files: [{ path: 'x', size: -3, sha256: 'a'.repeat(64) }], totalSize: -3 }, want: /files\[0\]\.size/ },
+    { name: 'a .. path', m: { ...good, files: [{ path: '../x', size: 3, sha256: 'a'.repeat(64), key: 'u-1/x' }], totalSize: 3 }, want: /files\[0\]\.path: unsafe path "\.\.\/x"/ },
+    { name: 'an absolute path', m: { ...good, files: [{ path: '/x', size: 3, sha256: 'a'.repeat(64), key: 'u-1/x' }], totalSize: 3 }, want: /absolute/ },
+    { name: 'a bad sha256', m: { ...good, files: [{ path: 'x', size: 3, sha256: 'XYZ', key: 'u-1/x' }], totalSize: 3 }, want: /files\[0\]\.sha256: must be 64 lowercase hex/ },
+    { name: 'a negative size', m: { ...good, files: [{ path: 'x', size: -3, sha256: 'a'.repeat(64), key: 'u-1/x' }], totalSize: -3 }, want: /files\[0\]\.size/ },
+    { name: 'a missing key', m: { ...good, files: [{ path: 'x', size: 3, sha256: 'a'.repeat(64) }], totalSize: 3 }, want: /files\[0\]\.key: Required/ },
+    { name: 'a key with ..', m: { ...good, files: [{ path: 'x', size: 3, sha256: 'a'.repeat(64), key: 'u-1/../../etc/passwd' }], totalSize: 3 }, want: /files\[0\]\.key: unsafe key "u-1\/\.\.\/\.\.\/etc\/passwd": .*'\.\.' segments/ },
+    { name: 'an absolute key', m: { ...good, files: [{ path: 'x', size: 3, sha256: 'a'.repeat(64), key: '/etc/passwd' }], totalSize: 3 }, want: /files\[0\]\.key: unsafe key "\/etc\/passwd": .*absolute/ },
+    { name: 'a key without a checkpoint uuid', m: { ...good, files: [{ path: 'x', size: 3, sha256: 'a'.repeat(64), key: 'x' }], totalSize: 3 }, want: /files\[0\]\.key: .*<checkpoint uuid>\/<path>/ },
+    { name: 'a key naming a manifest', m: { ...good, files: [{ path: 'x', size: 3, sha256: 'a'.repeat(64), key: 'u-0/.det-manifest.json' }], totalSize: 3 }, want: /files\[0\]\.key: .*reserved/ },
+    {
+      name: 'one key with two different contents',
+      m: { ...good, files: [good.files[0], { ...good.files[1], key: 'u-1/a' }] },
+      want: /files\[1\]\.key: "u-1\/a" is shared with another entry of a different sha256/,
+    },
+    { name: 'an unsafe uuid', m: { ...good, uuid: '../x' }, want: /uuid: the uuid may only contain/ },
     { name: 'unsorted paths', m: { ...good, files: [...good.files].reverse() }, want: /sorted/ },
     { name: 'duplicate paths', m: { ...good, files: [good.files[0], good.files[0]], totalSize: 2 }, want: /unique/ },
     { name: 'a wrong totalSize', m: { ...good, totalSize: 4 }, want: /totalSize: is 4 but the files add up to 3/ },

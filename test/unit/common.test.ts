@@ -179,6 +179,10 @@ describe('agent wire adapters', () => {
     pullPolicy: 'always',
     labels: { 'ai.det.task-id': 't1' },
     killGracePeriodMs: 10_000,
+    trialId: 7,
+    checkpointStorage: { type: 's3', bucket: 'ckpts', prefix: 'team-a', endpoint_url: 'http://127.0.0.1:4569', force_path_style: true },
+    data: [{ source: 's3://datasets/mnist/', target: '/data/mnist', endpointUrl: 'http://127.0.0.1:4569', forcePathStyle: true }, { source: 's3://b/x', target: '/data/x' }],
+    latestCheckpointUuid: '1f0c2a4e-7d7b-4a3e-9a55-2f1f0b3c9d10',
   };
 
   const agentMessages: { name: string; msg: AgentToMaster }[] = [
@@ -222,6 +226,14 @@ describe('agent wire adapters', () => {
       },
     },
     { name: 'pullProgress', msg: { kind: 'pullProgress', allocationId: 'a1', image: 'busybox:1.36', status: 'Downloading', currentBytes: 1024, totalBytes: 4096 } },
+    { name: 'spotInterruption', msg: { kind: 'spotInterruption', action: 'terminate', actionTimeMs: 1_700_000_120_000 } },
+    {
+      name: 'checkpoint',
+      msg: {
+        kind: 'checkpoint',
+        checkpoint: { allocationId: 'a1', uuid: 'u1', name: 'step-100', createdAtMs: 1_700_000_000_000, totalSize: 5 * 2 ** 30, fileCount: 3, metadata: { step: 100, loss: 0.25 }, location: 's3://ckpts/team-a/u1/.det-manifest.json' },
+      },
+    },
   ];
   for (const tc of agentMessages) {
     it(`round-trips agent message ${tc.name} through protobuf`, () => {
@@ -233,6 +245,7 @@ describe('agent wire adapters', () => {
     { name: 'registered', msg: { kind: 'registered', registered: { masterId: 'm1', clusterId: 'c1', heartbeatTtlMs: 20_000, heartbeatIntervalMs: 5000, expectedAllocationIds: ['a1', 'a2'] } } },
     { name: 'start', msg: { kind: 'start', spec } },
     { name: 'start on CPU', msg: { kind: 'start', spec: { ...spec, deviceType: 'cpu', deviceIds: [], pullPolicy: 'missing', memoryLimitBytes: 0 } } },
+    { name: 'start with shared_fs and no data', msg: { kind: 'start', spec: { ...spec, checkpointStorage: { type: 'shared_fs', host_path: '/mnt/ckpt' }, data: [], latestCheckpointUuid: '' } } },
     { name: 'kill', msg: { kind: 'kill', allocationId: 'a1', signal: 'SIGINT', gracePeriodMs: 3000 } },
     { name: 'drain', msg: { kind: 'drain' } },
     { name: 'shutdown', msg: { kind: 'shutdown', reason: 'master asked' } },
@@ -244,8 +257,18 @@ describe('agent wire adapters', () => {
   }
 
   it('covers every message kind', () => {
-    assert.deepEqual(new Set(agentMessages.map((t) => t.msg.kind)), new Set(['register', 'heartbeat', 'containerState', 'logs', 'pullProgress']));
+    assert.deepEqual(new Set(agentMessages.map((t) => t.msg.kind)), new Set(['register', 'heartbeat', 'containerState', 'logs', 'pullProgress', 'spotInterruption', 'checkpoint']));
     assert.deepEqual(new Set(masterMessages.map((t) => t.msg.kind)), new Set(['registered', 'start', 'kill', 'drain', 'shutdown']));
+  });
+
+  it('rejects a checkpoint report whose metadata is not a JSON object', () => {
+    const bytes = connect.Connect.requestSerialize({ checkpointCompleted: { allocationId: 'a', uuid: 'u', metadataJson: '[1]' } } as never) as Buffer;
+    assert.throws(() => agentMessageFromProto(connect.Connect.requestDeserialize(bytes)), /checkpoint u: metadata_json is not a JSON object/);
+  });
+
+  it('rejects a task spec without checkpoint storage', () => {
+    const bytes = connect.Connect.responseSerialize({ startContainer: { spec: { taskId: 't', allocationId: 'a' } } } as never) as Buffer;
+    assert.throws(() => masterMessageFromProto(connect.Connect.responseDeserialize(bytes)), /task spec without checkpoint_storage/);
   });
 
   it('kill with an empty signal defaults to SIGTERM', () => {

@@ -108,6 +108,7 @@ describe('config pipeline', () => {
           defaultResourcePool: 'default',
           agentReconnectGraceMs: 30_000,
           logLevel: 'info',
+          checkpointStorage: { type: 'shared_fs', host_path: path.join(path.resolve('.det'), 'checkpoints') },
         },
       );
     });
@@ -208,6 +209,19 @@ describe('config pipeline', () => {
   });
 
   describe('agent options', () => {
+    it('takes the work dir and data cache bound from DET_* env and rejects a relative work dir', () => {
+      const o = loadAgentOptions({ configFile: file(''), layer: {} }, { DET_AGENT_WORK_DIR: '/srv/det', DET_DATA_CACHE_MAX_BYTES: '1024' });
+      assert.equal(o.workDir, '/srv/det');
+      assert.equal(o.dataCacheMaxBytes, 1024);
+      assert.match(configError(() => loadAgentOptions({ configFile: file('work_dir: rel/dir\n'), layer: {} }, {})), /work_dir: must be an absolute path/);
+    });
+
+    it('master config takes checkpoint_storage and rejects a bad one', () => {
+      const c = loadMasterConfig({ configFile: file('checkpoint_storage: {type: s3, bucket: my-ckpts, prefix: team-a}\n'), layer: {} }, {});
+      assert.deepEqual(c.checkpointStorage, { type: 's3', bucket: 'my-ckpts', prefix: 'team-a' });
+      assert.match(configError(() => loadMasterConfig({ configFile: file('checkpoint_storage: {type: s3, bucket: B}\n'), layer: {} }, {})), /checkpoint_storage\.bucket/);
+    });
+
     it('has defaults', () => {
       const o = loadAgentOptions({ configFile: file(''), layer: {} }, {});
       assert.deepEqual(
@@ -227,6 +241,8 @@ describe('config pipeline', () => {
           instanceId: '',
           instanceType: '',
           logLevel: 'info',
+          workDir: process.getuid?.() === 0 ? '/var/lib/det-agent' : path.join(os.homedir(), '.local', 'share', 'det-agent'),
+          dataCacheMaxBytes: 50 * 2 ** 30,
         },
       );
     });

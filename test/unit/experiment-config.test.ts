@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { parseExperimentConfig, type ExperimentConfig } from '../../master/experiment/config';
+import { parseExperimentConfig, withDefaultCheckpointStorage, type ExperimentConfig } from '../../master/experiment/config';
 import { parseBytes, parseDurationMs } from '../../master/experiment/units';
 import { DetError } from '../../common/errors';
 
@@ -37,6 +37,8 @@ describe('experiment config', () => {
       searcher: { name: 'single', maxTrials: undefined, seed: undefined },
       maxRestarts: 5,
       killGracePeriodMs: 10_000,
+      checkpointStorage: undefined,
+      data: [],
     };
     assert.deepEqual(c, expected);
   });
@@ -236,4 +238,45 @@ describe('units', () => {
       assert.equal(parseDurationMs(tc.given), tc.want);
     });
   }
+});
+
+describe('experiment config: checkpoint_storage and data', () => {
+  it('takes s3 checkpoint storage and data inputs', () => {
+    const c = parseExperimentConfig(
+      MINIMAL +
+        'checkpoint_storage: {type: s3, bucket: my-ckpts, prefix: team-a, endpoint_url: "http://127.0.0.1:4569", force_path_style: true}\n' +
+        'data:\n  - {source: "s3://datasets/mnist/", target: /data/mnist}\n  - {source: "s3://bkt", target: /data/all, region: eu-west-1}\n',
+    );
+    assert.deepEqual(c.checkpointStorage, { type: 's3', bucket: 'my-ckpts', prefix: 'team-a', endpoint_url: 'http://127.0.0.1:4569', force_path_style: true });
+    assert.deepEqual(c.data, [{ source: 's3://datasets/mnist/', target: '/data/mnist' }, { source: 's3://bkt', target: '/data/all', region: 'eu-west-1' }]);
+  });
+
+  it('lists every data and storage problem at once, each naming its key', () => {
+    const msg = invalid(
+      MINIMAL +
+        'checkpoint_storage: {type: shared_fs, host_path: relative/dir}\n' +
+        'data:\n' +
+        '  - {source: "http://x/y", target: /data/a}\n' +
+        '  - {source: "s3://bkt/p", target: data/rel}\n' +
+        '  - {source: "s3://bkt/p", target: /det/checkpoints}\n' +
+        '  - {source: "s3://bkt/q", target: /data/a/inner}\n' +
+        '  - {source: "s3://bkt/../x", target: /data/z}\n',
+    );
+    const lines = problems(msg);
+    assert.ok(lines.some((l) => /^checkpoint_storage\.host_path: must be an absolute path/.test(l)), msg);
+    assert.ok(lines.some((l) => /^data\.0\.source: invalid S3 URL "http:\/\/x\/y"/.test(l)), msg);
+    assert.ok(lines.some((l) => /^data\.1\.target: must be an absolute path/.test(l)), msg);
+    assert.ok(lines.some((l) => /^data\.2\.target: \/det is reserved/.test(l)), msg);
+    assert.ok(lines.some((l) => /^data\.3\.target: overlaps data\[0\]\.target/.test(l)), msg);
+    assert.ok(lines.some((l) => /^data\.4\.source: invalid S3 URL/.test(l)), msg);
+  });
+
+  it('fills in the master default storage only when the config names none, keeping comments', () => {
+    const fallback = { type: 'shared_fs' as const, host_path: '/srv/ckpts' };
+    const filled = withDefaultCheckpointStorage('# my experiment\n' + MINIMAL, fallback);
+    assert.match(filled, /^# my experiment/);
+    assert.deepEqual(parseExperimentConfig(filled).checkpointStorage, fallback);
+    const own = MINIMAL + 'checkpoint_storage: {type: s3, bucket: mine}\n';
+    assert.equal(withDefaultCheckpointStorage(own, fallback), own);
+  });
 });

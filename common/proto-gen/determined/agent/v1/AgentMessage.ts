@@ -7,6 +7,7 @@ import type { ContainerStateChanged as _determined_agent_v1_ContainerStateChange
 import type { ContainerLogs as _determined_agent_v1_ContainerLogs, ContainerLogs__Output as _determined_agent_v1_ContainerLogs__Output } from '../../../determined/agent/v1/ContainerLogs';
 import type { PullProgress as _determined_agent_v1_PullProgress, PullProgress__Output as _determined_agent_v1_PullProgress__Output } from '../../../determined/agent/v1/PullProgress';
 import type { SpotInterruption as _determined_agent_v1_SpotInterruption, SpotInterruption__Output as _determined_agent_v1_SpotInterruption__Output } from '../../../determined/agent/v1/SpotInterruption';
+import type { CheckpointCompleted as _determined_agent_v1_CheckpointCompleted, CheckpointCompleted__Output as _determined_agent_v1_CheckpointCompleted__Output } from '../../../determined/agent/v1/CheckpointCompleted';
 
 export interface AgentMessage {
   'register'?: (_determined_agent_v1_Register | null);
@@ -15,7 +16,8 @@ export interface AgentMessage {
   'containerLogs'?: (_determined_agent_v1_ContainerLogs | null);
   'pullProgress'?: (_determined_agent_v1_PullProgress | null);
   'spotInterruption'?: (_determined_agent_v1_SpotInterruption | null);
-  'msg'?: "register"|"heartbeat"|"containerStateChanged"|"containerLogs"|"pullProgress"|"spotInterruption";
+  'checkpointCompleted'?: (_determined_agent_v1_CheckpointCompleted | null);
+  'msg'?: "register"|"heartbeat"|"containerStateChanged"|"containerLogs"|"pullProgress"|"spotInterruption"|"checkpointCompleted";
 }
 
 export interface AgentMessage__Output {
@@ -25,5 +27,6 @@ export interface AgentMessage__Output {
   'containerLogs'?: (_determined_agent_v1_ContainerLogs__Output | null);
   'pullProgress'?: (_determined_agent_v1_PullProgress__Output | null);
   'spotInterruption'?: (_determined_agent_v1_SpotInterruption__Output | null);
-  'msg'?: "register"|"heartbeat"|"containerStateChanged"|"containerLogs"|"pullProgress"|"spotInterruption";
+  'checkpointCompleted'?: (_determined_agent_v1_CheckpointCompleted__Output | null);
+  'msg'?: "register"|"heartbeat"|"containerStateChanged"|"containerLogs"|"pullProgress"|"spotInterruption"|"checkpointCompleted";
 }

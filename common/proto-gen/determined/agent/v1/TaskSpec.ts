@@ -2,6 +2,8 @@
 // Original file: proto/determined/agent/v1/agent.proto
 
 import type { DeviceType as _determined_agent_v1_DeviceType, DeviceType__Output as _determined_agent_v1_DeviceType__Output } from '../../../determined/agent/v1/DeviceType';
+import type { CheckpointStorage as _determined_agent_v1_CheckpointStorage, CheckpointStorage__Output as _determined_agent_v1_CheckpointStorage__Output } from '../../../determined/agent/v1/CheckpointStorage';
+import type { DataInput as _determined_agent_v1_DataInput, DataInput__Output as _determined_agent_v1_DataInput__Output } from '../../../determined/agent/v1/DataInput';
 import type { Long } from '@grpc/proto-loader';
 
 export interface TaskSpec {
@@ -17,6 +19,10 @@ export interface TaskSpec {
   'pullPolicy'?: (string);
   'labels'?: ({[key: string]: string});
   'killGracePeriodMs'?: (number);
+  'trialId'?: (number | string | Long);
+  'checkpointStorage'?: (_determined_agent_v1_CheckpointStorage | null);
+  'data'?: (_determined_agent_v1_DataInput)[];
+  'latestCheckpointUuid'?: (string);
 }
 
 export interface TaskSpec__Output {
@@ -32,4 +38,8 @@ export interface TaskSpec__Output {
   'pullPolicy': (string);
   'labels': ({[key: string]: string});
   'killGracePeriodMs': (number);
+  'trialId': (number);
+  'checkpointStorage': (_determined_agent_v1_CheckpointStorage__Output | null);
+  'data': (_determined_agent_v1_DataInput__Output)[];
+  'latestCheckpointUuid': (string);
 }

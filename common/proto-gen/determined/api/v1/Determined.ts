@@ -5,8 +5,12 @@ import type * as grpc from '@grpc/grpc-js'
 import type { MethodDefinition } from '@grpc/proto-loader'
 import type { CreateExperimentRequest as _determined_api_v1_CreateExperimentRequest, CreateExperimentRequest__Output as _determined_api_v1_CreateExperimentRequest__Output } from '../../../determined/api/v1/CreateExperimentRequest';
 import type { CreateExperimentResponse as _determined_api_v1_CreateExperimentResponse, CreateExperimentResponse__Output as _determined_api_v1_CreateExperimentResponse__Output } from '../../../determined/api/v1/CreateExperimentResponse';
+import type { DeleteExperimentRequest as _determined_api_v1_DeleteExperimentRequest, DeleteExperimentRequest__Output as _determined_api_v1_DeleteExperimentRequest__Output } from '../../../determined/api/v1/DeleteExperimentRequest';
+import type { DeleteExperimentResponse as _determined_api_v1_DeleteExperimentResponse, DeleteExperimentResponse__Output as _determined_api_v1_DeleteExperimentResponse__Output } from '../../../determined/api/v1/DeleteExperimentResponse';
 import type { GetAgentRequest as _determined_api_v1_GetAgentRequest, GetAgentRequest__Output as _determined_api_v1_GetAgentRequest__Output } from '../../../determined/api/v1/GetAgentRequest';
 import type { GetAgentResponse as _determined_api_v1_GetAgentResponse, GetAgentResponse__Output as _determined_api_v1_GetAgentResponse__Output } from '../../../determined/api/v1/GetAgentResponse';
+import type { GetCheckpointRequest as _determined_api_v1_GetCheckpointRequest, GetCheckpointRequest__Output as _determined_api_v1_GetCheckpointRequest__Output } from '../../../determined/api/v1/GetCheckpointRequest';
+import type { GetCheckpointResponse as _determined_api_v1_GetCheckpointResponse, GetCheckpointResponse__Output as _determined_api_v1_GetCheckpointResponse__Output } from '../../../determined/api/v1/GetCheckpointResponse';
 import type { GetExperimentRequest as _determined_api_v1_GetExperimentRequest, GetExperimentRequest__Output as _determined_api_v1_GetExperimentRequest__Output } from '../../../determined/api/v1/GetExperimentRequest';
 import type { GetExperimentResponse as _determined_api_v1_GetExperimentResponse, GetExperimentResponse__Output as _determined_api_v1_GetExperimentResponse__Output } from '../../../determined/api/v1/GetExperimentResponse';
 import type { GetMasterRequest as _determined_api_v1_GetMasterRequest, GetMasterRequest__Output as _determined_api_v1_GetMasterRequest__Output } from '../../../determined/api/v1/GetMasterRequest';
@@ -19,6 +23,8 @@ import type { KillExperimentRequest as _determined_api_v1_KillExperimentRequest,
 import type { KillExperimentResponse as _determined_api_v1_KillExperimentResponse, KillExperimentResponse__Output as _determined_api_v1_KillExperimentResponse__Output } from '../../../determined/api/v1/KillExperimentResponse';
 import type { ListAgentsRequest as _determined_api_v1_ListAgentsRequest, ListAgentsRequest__Output as _determined_api_v1_ListAgentsRequest__Output } from '../../../determined/api/v1/ListAgentsRequest';
 import type { ListAgentsResponse as _determined_api_v1_ListAgentsResponse, ListAgentsResponse__Output as _determined_api_v1_ListAgentsResponse__Output } from '../../../determined/api/v1/ListAgentsResponse';
+import type { ListCheckpointsRequest as _determined_api_v1_ListCheckpointsRequest, ListCheckpointsRequest__Output as _determined_api_v1_ListCheckpointsRequest__Output } from '../../../determined/api/v1/ListCheckpointsRequest';
+import type { ListCheckpointsResponse as _determined_api_v1_ListCheckpointsResponse, ListCheckpointsResponse__Output as _determined_api_v1_ListCheckpointsResponse__Output } from '../../../determined/api/v1/ListCheckpointsResponse';
 import type { ListExperimentsRequest as _determined_api_v1_ListExperimentsRequest, ListExperimentsRequest__Output as _determined_api_v1_ListExperimentsRequest__Output } from '../../../determined/api/v1/ListExperimentsRequest';
 import type { ListExperimentsResponse as _determined_api_v1_ListExperimentsResponse, ListExperimentsResponse__Output as _determined_api_v1_ListExperimentsResponse__Output } from '../../../determined/api/v1/ListExperimentsResponse';
 import type { ListResourcePoolsRequest as _determined_api_v1_ListResourcePoolsRequest, ListResourcePoolsRequest__Output as _determined_api_v1_ListResourcePoolsRequest__Output } from '../../../determined/api/v1/ListResourcePoolsRequest';
@@ -40,6 +46,15 @@ export interface DeterminedClient extends grpc.Client {
   createExperiment(argument: _determined_api_v1_CreateExperimentRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_CreateExperimentResponse__Output>): grpc.ClientUnaryCall;
   createExperiment(argument: _determined_api_v1_CreateExperimentRequest, callback: grpc.requestCallback<_determined_api_v1_CreateExperimentResponse__Output>): grpc.ClientUnaryCall;
   
+  DeleteExperiment(argument: _determined_api_v1_DeleteExperimentRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_DeleteExperimentResponse__Output>): grpc.ClientUnaryCall;
+  DeleteExperiment(argument: _determined_api_v1_DeleteExperimentRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_DeleteExperimentResponse__Output>): grpc.ClientUnaryCall;
+  DeleteExperiment(argument: _determined_api_v1_DeleteExperimentRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_DeleteExperimentResponse__Output>): grpc.ClientUnaryCall;
+  DeleteExperiment(argument: _determined_api_v1_DeleteExperimentRequest, callback: grpc.requestCallback<_determined_api_v1_DeleteExperimentResponse__Output>): grpc.ClientUnaryCall;
+  deleteExperiment(argument: _determined_api_v1_DeleteExperimentRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_DeleteExperimentResponse__Output>): grpc.ClientUnaryCall;
+  deleteExperiment(argument: _determined_api_v1_DeleteExperimentRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_DeleteExperimentResponse__Output>): grpc.ClientUnaryCall;
+  deleteExperiment(argument: _determined_api_v1_DeleteExperimentRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_DeleteExperimentResponse__Output>): grpc.ClientUnaryCall;
+  deleteExperiment(argument: _determined_api_v1_DeleteExperimentRequest, callback: grpc.requestCallback<_determined_api_v1_DeleteExperimentResponse__Output>): grpc.ClientUnaryCall;
+  
   GetAgent(argument: _determined_api_v1_GetAgentRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_GetAgentResponse__Output>): grpc.ClientUnaryCall;
   GetAgent(argument: _determined_api_v1_GetAgentRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_GetAgentResponse__Output>): grpc.ClientUnaryCall;
   GetAgent(argument: _determined_api_v1_GetAgentRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_GetAgentResponse__Output>): grpc.ClientUnaryCall;
@@ -48,6 +63,15 @@ export interface DeterminedClient extends grpc.Client {
   getAgent(argument: _determined_api_v1_GetAgentRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_GetAgentResponse__Output>): grpc.ClientUnaryCall;
   getAgent(argument: _determined_api_v1_GetAgentRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_GetAgentResponse__Output>): grpc.ClientUnaryCall;
   getAgent(argument: _determined_api_v1_GetAgentRequest, callback: grpc.requestCallback<_determined_api_v1_GetAgentResponse__Output>): grpc.ClientUnaryCall;
+  
+  GetCheckpoint(argument: _determined_api_v1_GetCheckpointRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_GetCheckpointResponse__Output>): grpc.ClientUnaryCall;
+  GetCheckpoint(argument: _determined_api_v1_GetCheckpointRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_GetCheckpointResponse__Output>): grpc.ClientUnaryCall;
+  GetCheckpoint(argument: _determined_api_v1_GetCheckpointRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_GetCheckpointResponse__Output>): grpc.ClientUnaryCall;
+  GetCheckpoint(argument: _determined_api_v1_GetCheckpointRequest, callback: grpc.requestCallback<_determined_api_v1_GetCheckpointResponse__Output>): grpc.ClientUnaryCall;
+  getCheckpoint(argument: _determined_api_v1_GetCheckpointRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_GetCheckpointResponse__Output>): grpc.ClientUnaryCall;
+  getCheckpoint(argument: _determined_api_v1_GetCheckpointRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_GetCheckpointResponse__Output>): grpc.ClientUnaryCall;
+  getCheckpoint(argument: _determined_api_v1_GetCheckpointRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_GetCheckpointResponse__Output>): grpc.ClientUnaryCall;
+  getCheckpoint(argument: _determined_api_v1_GetCheckpointRequest, callback: grpc.requestCallback<_determined_api_v1_GetCheckpointResponse__Output>): grpc.ClientUnaryCall;
   
   GetExperiment(argument: _determined_api_v1_GetExperimentRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_GetExperimentResponse__Output>): grpc.ClientUnaryCall;
   GetExperiment(argument: _determined_api_v1_GetExperimentRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_GetExperimentResponse__Output>): grpc.ClientUnaryCall;
@@ -103,6 +127,15 @@ export interface DeterminedClient extends grpc.Client {
   listAgents(argument: _determined_api_v1_ListAgentsRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_ListAgentsResponse__Output>): grpc.ClientUnaryCall;
   listAgents(argument: _determined_api_v1_ListAgentsRequest, callback: grpc.requestCallback<_determined_api_v1_ListAgentsResponse__Output>): grpc.ClientUnaryCall;
   
+  ListCheckpoints(argument: _determined_api_v1_ListCheckpointsRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_ListCheckpointsResponse__Output>): grpc.ClientUnaryCall;
+  ListCheckpoints(argument: _determined_api_v1_ListCheckpointsRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_ListCheckpointsResponse__Output>): grpc.ClientUnaryCall;
+  ListCheckpoints(argument: _determined_api_v1_ListCheckpointsRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_ListCheckpointsResponse__Output>): grpc.ClientUnaryCall;
+  ListCheckpoints(argument: _determined_api_v1_ListCheckpointsRequest, callback: grpc.requestCallback<_determined_api_v1_ListCheckpointsResponse__Output>): grpc.ClientUnaryCall;
+  listCheckpoints(argument: _determined_api_v1_ListCheckpointsRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_ListCheckpointsResponse__Output>): grpc.ClientUnaryCall;
+  listCheckpoints(argument: _determined_api_v1_ListCheckpointsRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_ListCheckpointsResponse__Output>): grpc.ClientUnaryCall;
+  listCheckpoints(argument: _determined_api_v1_ListCheckpointsRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_ListCheckpointsResponse__Output>): grpc.ClientUnaryCall;
+  listCheckpoints(argument: _determined_api_v1_ListCheckpointsRequest, callback: grpc.requestCallback<_determined_api_v1_ListCheckpointsResponse__Output>): grpc.ClientUnaryCall;
+  
   ListExperiments(argument: _determined_api_v1_ListExperimentsRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_ListExperimentsResponse__Output>): grpc.ClientUnaryCall;
   ListExperiments(argument: _determined_api_v1_ListExperimentsRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_ListExperimentsResponse__Output>): grpc.ClientUnaryCall;
   ListExperiments(argument: _determined_api_v1_ListExperimentsRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_ListExperimentsResponse__Output>): grpc.ClientUnaryCall;
@@ -149,7 +182,11 @@ export interface DeterminedClient extends grpc.Client {
 export interface DeterminedHandlers extends grpc.UntypedServiceImplementation {
   CreateExperiment: grpc.handleUnaryCall<_determined_api_v1_CreateExperimentRequest__Output, _determined_api_v1_CreateExperimentResponse>;
   
+  DeleteExperiment: grpc.handleUnaryCall<_determined_api_v1_DeleteExperimentRequest__Output, _determined_api_v1_DeleteExperimentResponse>;
+  
   GetAgent: grpc.handleUnaryCall<_determined_api_v1_GetAgentRequest__Output, _determined_api_v1_GetAgentResponse>;
+  
+  GetCheckpoint: grpc.handleUnaryCall<_determined_api_v1_GetCheckpointRequest__Output, _determined_api_v1_GetCheckpointResponse>;
   
   GetExperiment: grpc.handleUnaryCall<_determined_api_v1_GetExperimentRequest__Output, _determined_api_v1_GetExperimentResponse>;
   
@@ -162,6 +199,8 @@ export interface DeterminedHandlers extends grpc.UntypedServiceImplementation {
   KillExperiment: grpc.handleUnaryCall<_determined_api_v1_KillExperimentRequest__Output, _determined_api_v1_KillExperimentResponse>;
   
   ListAgents: grpc.handleUnaryCall<_determined_api_v1_ListAgentsRequest__Output, _determined_api_v1_ListAgentsResponse>;
+  
+  ListCheckpoints: grpc.handleUnaryCall<_determined_api_v1_ListCheckpointsRequest__Output, _determined_api_v1_ListCheckpointsResponse>;
   
   ListExperiments: grpc.handleUnaryCall<_determined_api_v1_ListExperimentsRequest__Output, _determined_api_v1_ListExperimentsResponse>;
   
@@ -177,13 +216,16 @@ export interface DeterminedHandlers extends grpc.UntypedServiceImplementation {
 
 export interface DeterminedDefinition extends grpc.ServiceDefinition {
   CreateExperiment: MethodDefinition<_determined_api_v1_CreateExperimentRequest, _determined_api_v1_CreateExperimentResponse, _determined_api_v1_CreateExperimentRequest__Output, _determined_api_v1_CreateExperimentResponse__Output>
+  DeleteExperiment: MethodDefinition<_determined_api_v1_DeleteExperimentRequest, _determined_api_v1_DeleteExperimentResponse, _determined_api_v1_DeleteExperimentRequest__Output, _determined_api_v1_DeleteExperimentResponse__Output>
   GetAgent: MethodDefinition<_determined_api_v1_GetAgentRequest, _determined_api_v1_GetAgentResponse, _determined_api_v1_GetAgentRequest__Output, _determined_api_v1_GetAgentResponse__Output>
+  GetCheckpoint: MethodDefinition<_determined_api_v1_GetCheckpointRequest, _determined_api_v1_GetCheckpointResponse, _determined_api_v1_GetCheckpointRequest__Output, _determined_api_v1_GetCheckpointResponse__Output>
   GetExperiment: MethodDefinition<_determined_api_v1_GetExperimentRequest, _determined_api_v1_GetExperimentResponse, _determined_api_v1_GetExperimentRequest__Output, _determined_api_v1_GetExperimentResponse__Output>
   GetMaster: MethodDefinition<_determined_api_v1_GetMasterRequest, _determined_api_v1_GetMasterResponse, _determined_api_v1_GetMasterRequest__Output, _determined_api_v1_GetMasterResponse__Output>
   GetProvisionerStatus: MethodDefinition<_determined_api_v1_GetProvisionerStatusRequest, _determined_api_v1_GetProvisionerStatusResponse, _determined_api_v1_GetProvisionerStatusRequest__Output, _determined_api_v1_GetProvisionerStatusResponse__Output>
   GetTrial: MethodDefinition<_determined_api_v1_GetTrialRequest, _determined_api_v1_GetTrialResponse, _determined_api_v1_GetTrialRequest__Output, _determined_api_v1_GetTrialResponse__Output>
   KillExperiment: MethodDefinition<_determined_api_v1_KillExperimentRequest, _determined_api_v1_KillExperimentResponse, _determined_api_v1_KillExperimentRequest__Output, _determined_api_v1_KillExperimentResponse__Output>
   ListAgents: MethodDefinition<_determined_api_v1_ListAgentsRequest, _determined_api_v1_ListAgentsResponse, _determined_api_v1_ListAgentsRequest__Output, _determined_api_v1_ListAgentsResponse__Output>
+  ListCheckpoints: MethodDefinition<_determined_api_v1_ListCheckpointsRequest, _determined_api_v1_ListCheckpointsResponse, _determined_api_v1_ListCheckpointsRequest__Output, _determined_api_v1_ListCheckpointsResponse__Output>
   ListExperiments: MethodDefinition<_determined_api_v1_ListExperimentsRequest, _determined_api_v1_ListExperimentsResponse, _determined_api_v1_ListExperimentsRequest__Output, _determined_api_v1_ListExperimentsResponse__Output>
   ListResourcePools: MethodDefinition<_determined_api_v1_ListResourcePoolsRequest, _determined_api_v1_ListResourcePoolsResponse, _determined_api_v1_ListResourcePoolsRequest__Output, _determined_api_v1_ListResourcePoolsResponse__Output>
   ListSlots: MethodDefinition<_determined_api_v1_ListSlotsRequest, _determined_api_v1_ListSlotsResponse, _determined_api_v1_ListSlotsRequest__Output, _determined_api_v1_ListSlotsResponse__Output>

@@ -8,6 +8,8 @@ export const ExperimentState = {
   EXPERIMENT_STATE_COMPLETED: 'EXPERIMENT_STATE_COMPLETED',
   EXPERIMENT_STATE_CANCELED: 'EXPERIMENT_STATE_CANCELED',
   EXPERIMENT_STATE_ERROR: 'EXPERIMENT_STATE_ERROR',
+  EXPERIMENT_STATE_DELETING: 'EXPERIMENT_STATE_DELETING',
+  EXPERIMENT_STATE_DELETE_FAILED: 'EXPERIMENT_STATE_DELETE_FAILED',
 } as const;
 
 export type ExperimentState =
@@ -23,5 +25,9 @@ export type ExperimentState =
   | 4
   | 'EXPERIMENT_STATE_ERROR'
   | 5
+  | 'EXPERIMENT_STATE_DELETING'
+  | 6
+  | 'EXPERIMENT_STATE_DELETE_FAILED'
+  | 7
 
 export type ExperimentState__Output = typeof ExperimentState[keyof typeof ExperimentState]

@@ -1,12 +1,15 @@
-// The manifest of a checkpoint: every file with its size and sha256, plus who wrote it and the
-// user's metadata. It is uploaded LAST; a checkpoint without a manifest does not exist.
+// The manifest of a checkpoint: every file with its size, sha256 and the storage key that holds
+// its content, plus who wrote it and the user's metadata. It is uploaded LAST; a checkpoint
+// without a manifest does not exist. Where things are stored: layout.ts.
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { z } from 'zod';
-import { DetError, errorMessage } from '../../common/errors';
+import { DetError, errorMessage } from '../errors';
 import { checkpointNameProblem, isReservedName, MAX_METADATA_BYTES, METADATA_FILE } from './contract';
+import { checkpointUuidProblem, fileKey, fileKeyProblem } from './layout';
+import { mapBounded } from './transfer';
 
 /** Manifest format version. */
 export const MANIFEST_VERSION = 1;
@@ -18,6 +21,11 @@ export interface ManifestFile {
   path: string;
   size: number;
   sha256: string;
+  /**
+   * Storage key holding the content: `<uuid>/<path>` of this checkpoint, or of an earlier
+   * checkpoint of the same trial that stored the same content (dedupe, see layout.ts).
+   */
+  key: string;
 }
 
 /** Who wrote a checkpoint and when. */
@@ -65,20 +73,29 @@ export function resolveManifestPath(targetDir: string, rel: string): string {
   return full;
 }
 
+/** Size and sha256 of a file; the port a hash cache plugs into. */
+export type HashFn = (file: string) => Promise<{ size: number; sha256: string }>;
+
 /** Options of buildManifest. */
 export interface BuildManifestOptions {
   /** Files hashed at once (default 4). */
   concurrency?: number;
+  /** How a file is hashed (default hashFile; the agent passes its HashCache). */
+  hash?: HashFn;
 }
 
 /**
  * Builds the manifest of the completed checkpoint in `dir`. Reserved files at its top are left
  * out; unsafe entries (escaping or directory symlinks, special files) throw DET_ERR_INVALID_ARGUMENT
- * naming the file.
+ * naming the file. Every key is this checkpoint's own `<uuid>/<path>`; the uploader repoints
+ * the keys of content that is already stored.
  */
 export async function buildManifest(dir: string, info: CheckpointInfo, opts: BuildManifestOptions = {}): Promise<Manifest> {
   const nameProblem = checkpointNameProblem(info.name);
   if (nameProblem) throw invalid(`invalid checkpoint name ${JSON.stringify(info.name)}: ${nameProblem}`);
+  const uuidProblem = checkpointUuidProblem(info.uuid);
+  if (uuidProblem) throw invalid(`invalid checkpoint uuid ${JSON.stringify(info.uuid)}: ${uuidProblem}`);
+  const hash = opts.hash ?? hashFile;
   let root: string;
   try {
     root = await fs.realpath(dir);
@@ -90,8 +107,8 @@ export async function buildManifest(dir: string, info: CheckpointInfo, opts: Bui
   await walk(root, root, '', entries);
   entries.sort((a, b) => compare(a.rel, b.rel));
   const files = await mapBounded(entries, Math.max(1, opts.concurrency ?? DEFAULT_HASH_CONCURRENCY), async (e) => {
-    const { size, sha256 } = await hashFile(e.abs);
-    return { path: e.rel, size, sha256 };
+    const { size, sha256 } = await hash(e.abs);
+    return { path: e.rel, size, sha256, key: fileKey(info.uuid, e.rel) };
   });
   const totalSize = files.reduce((sum, f) => sum + f.size, 0);
   return { version: MANIFEST_VERSION, ...pickInfo(info), files, totalSize, metadata };
@@ -179,11 +196,18 @@ const safePath = z.string().superRefine((p, ctx) => {
   const problem = manifestPathProblem(p);
   if (problem) ctx.addIssue({ code: z.ZodIssueCode.custom, message: `unsafe path ${JSON.stringify(p)}: ${problem}` });
 });
+const safeKey = z.string().superRefine((k, ctx) => {
+  const problem = fileKeyProblem(k);
+  if (problem) ctx.addIssue({ code: z.ZodIssueCode.custom, message: `unsafe key ${JSON.stringify(k)}: ${problem}` });
+});
 const nonNegInt = z.number().int().nonnegative();
 const manifestSchema = z
   .object({
     version: z.literal(MANIFEST_VERSION),
-    uuid: z.string().min(1),
+    uuid: z.string().superRefine((u, ctx) => {
+      const problem = checkpointUuidProblem(u);
+      if (problem) ctx.addIssue({ code: z.ZodIssueCode.custom, message: problem });
+    }),
     trialId: nonNegInt,
     allocationId: z.string(),
     name: z.string().superRefine((n, ctx) => {
@@ -191,7 +215,9 @@ const manifestSchema = z
       if (problem) ctx.addIssue({ code: z.ZodIssueCode.custom, message: problem });
     }),
     createdAtMs: nonNegInt,
-    files: z.array(z.object({ path: safePath, size: nonNegInt, sha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex digits') }).strict()),
+    files: z.array(
+      z.object({ path: safePath, size: nonNegInt, sha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex digits'), key: safeKey }).strict(),
+    ),
     totalSize: nonNegInt,
     metadata: z.record(z.unknown()),
   })
@@ -203,6 +229,15 @@ const manifestSchema = z
         break;
       }
     }
+    // Entries that share a key (deduped content) must agree on what that object holds.
+    const byKey = new Map<string, { sha256: string; size: number }>();
+    m.files.forEach((f, i) => {
+      const seen = byKey.get(f.key);
+      if (!seen) byKey.set(f.key, f);
+      else if (seen.sha256 !== f.sha256 || seen.size !== f.size) {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['files', i, 'key'], message: `${JSON.stringify(f.key)} is shared with another entry of a different sha256 or size` });
+      }
+    });
     const sum = m.files.reduce((s, f) => s + f.size, 0);
     if (sum !== m.totalSize) ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['totalSize'], message: `is ${m.totalSize} but the files add up to ${sum}` });
   });
@@ -231,19 +266,6 @@ function formatPath(p: (string | number)[]): string {
 
 function pickInfo(i: CheckpointInfo): CheckpointInfo {
   return { uuid: i.uuid, trialId: i.trialId, allocationId: i.allocationId, name: i.name, createdAtMs: i.createdAtMs };
-}
-
-async function mapBounded<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return out;
 }
 
 function isInside(root: string, p: string): boolean {
