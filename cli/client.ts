@@ -10,6 +10,10 @@ import type { CreateExperimentResponse__Output } from '../common/proto-gen/deter
 import type { DeleteExperimentResponse__Output } from '../common/proto-gen/determined/api/v1/DeleteExperimentResponse';
 import type { GetCheckpointResponse__Output } from '../common/proto-gen/determined/api/v1/GetCheckpointResponse';
 import type { ListCheckpointsResponse__Output } from '../common/proto-gen/determined/api/v1/ListCheckpointsResponse';
+import type { DisableAgentResponse__Output } from '../common/proto-gen/determined/api/v1/DisableAgentResponse';
+import type { DisableSlotResponse__Output } from '../common/proto-gen/determined/api/v1/DisableSlotResponse';
+import type { EnableAgentResponse__Output } from '../common/proto-gen/determined/api/v1/EnableAgentResponse';
+import type { EnableSlotResponse__Output } from '../common/proto-gen/determined/api/v1/EnableSlotResponse';
 import type { GetAgentResponse__Output } from '../common/proto-gen/determined/api/v1/GetAgentResponse';
 import type { GetExperimentResponse__Output } from '../common/proto-gen/determined/api/v1/GetExperimentResponse';
 import type { GetMasterResponse__Output } from '../common/proto-gen/determined/api/v1/GetMasterResponse';
@@ -181,6 +185,18 @@ export class MasterClient {
   }
   listSlots(agentId: string): Promise<ListSlotsResponse__Output> {
     return this.unary((o, cb) => this.raw.listSlots({ agentId }, o, cb));
+  }
+  disableAgent(agentId: string, drain: boolean): Promise<DisableAgentResponse__Output> {
+    return this.unary((o, cb) => this.raw.disableAgent({ agentId, drain }, o, cb));
+  }
+  enableAgent(agentId: string): Promise<EnableAgentResponse__Output> {
+    return this.unary((o, cb) => this.raw.enableAgent({ agentId }, o, cb));
+  }
+  disableSlot(agentId: string, slotId: number, drain: boolean): Promise<DisableSlotResponse__Output> {
+    return this.unary((o, cb) => this.raw.disableSlot({ agentId, slotId, drain }, o, cb));
+  }
+  enableSlot(agentId: string, slotId: number): Promise<EnableSlotResponse__Output> {
+    return this.unary((o, cb) => this.raw.enableSlot({ agentId, slotId }, o, cb));
   }
   createExperiment(configYaml: string): Promise<CreateExperimentResponse__Output> {
     return this.unary((o, cb) => this.raw.createExperiment({ configYaml }, o, cb));

@@ -55,6 +55,10 @@ export interface AgentView {
   /** Cloud instance of a provisioned agent ('' for static agents). */
   instanceId: string;
   instanceType: string;
+  /** Why it is disabled ('' when enabled). */
+  disabledReason: string;
+  /** Requeued allocations whose containers still run there (no new work until they are gone). */
+  fencedAllocationIds: string[];
   slots: SlotView[];
 }
 
@@ -163,6 +167,8 @@ export function agentView(a: Agent__Output): AgentView {
     lastSeenMs: a.lastSeenMs,
     instanceId: a.instanceId,
     instanceType: a.instanceType,
+    disabledReason: a.disabledReason,
+    fencedAllocationIds: [...a.fencedAllocationIds],
     slots: a.slots.map((s) => slotView(s)),
   };
 }

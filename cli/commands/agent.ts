@@ -64,7 +64,8 @@ export function registerAgent(program: Command, ctx: Context): void {
           ['Address', a.address],
           ['Resource Pool', a.resourcePool],
           ['State', a.state],
-          ['Enabled', a.enabled],
+          ['Enabled', a.enabled ? 'true' : `false (${a.disabledReason || 'disabled'})`],
+          ...(a.fencedAllocationIds.length ? [['Fenced', `${a.fencedAllocationIds.join(', ')} (stale containers being killed; no new work until they are gone)`] as [string, string]] : []),
           ['Version', a.version],
           ['Slots', slotSummary(a.slots.map((s) => s.type))],
           ['Used Slots', usedSlots(a.slots)],
@@ -75,5 +76,27 @@ export function registerAgent(program: Command, ctx: Context): void {
       );
       ctx.out();
       ctx.out(slotTable(a.slots.map((s) => ({ ...s, agentId: a.id }))));
+    });
+  agent
+    .command('disable')
+    .description('schedule nothing more on an agent; its running trials are stopped and requeued elsewhere unless --drain')
+    .argument('<agent-id>', 'agent id')
+    .option('--drain', 'let running trials finish instead of requeueing them')
+    .action(async (id: string, opts: { drain?: boolean }) => {
+      const res = await ctx.client().disableAgent(id, opts.drain === true);
+      const busy = usedSlots(res.agent ? agentView(res.agent).slots : []);
+      ctx.out(
+        opts.drain
+          ? `Disabled agent ${id} (draining: ${busy} slot${busy === 1 ? '' : 's'} in use will finish; nothing new is scheduled there)`
+          : `Disabled agent ${id}${busy ? `: its ${busy} running slot${busy === 1 ? '' : 's'} get SIGTERM and are requeued elsewhere` : ''}`,
+      );
+    });
+  agent
+    .command('enable')
+    .description('let the scheduler use a disabled agent again')
+    .argument('<agent-id>', 'agent id')
+    .action(async (id: string) => {
+      await ctx.client().enableAgent(id);
+      ctx.out(`Enabled agent ${id}`);
     });
 }

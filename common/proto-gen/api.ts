@@ -10,6 +10,14 @@ import type { CreateExperimentResponse as _determined_api_v1_CreateExperimentRes
 import type { DeleteExperimentRequest as _determined_api_v1_DeleteExperimentRequest, DeleteExperimentRequest__Output as _determined_api_v1_DeleteExperimentRequest__Output } from './determined/api/v1/DeleteExperimentRequest';
 import type { DeleteExperimentResponse as _determined_api_v1_DeleteExperimentResponse, DeleteExperimentResponse__Output as _determined_api_v1_DeleteExperimentResponse__Output } from './determined/api/v1/DeleteExperimentResponse';
 import type { DeterminedClient as _determined_api_v1_DeterminedClient, DeterminedDefinition as _determined_api_v1_DeterminedDefinition } from './determined/api/v1/Determined';
+import type { DisableAgentRequest as _determined_api_v1_DisableAgentRequest, DisableAgentRequest__Output as _determined_api_v1_DisableAgentRequest__Output } from './determined/api/v1/DisableAgentRequest';
+import type { DisableAgentResponse as _determined_api_v1_DisableAgentResponse, DisableAgentResponse__Output as _determined_api_v1_DisableAgentResponse__Output } from './determined/api/v1/DisableAgentResponse';
+import type { DisableSlotRequest as _determined_api_v1_DisableSlotRequest, DisableSlotRequest__Output as _determined_api_v1_DisableSlotRequest__Output } from './determined/api/v1/DisableSlotRequest';
+import type { DisableSlotResponse as _determined_api_v1_DisableSlotResponse, DisableSlotResponse__Output as _determined_api_v1_DisableSlotResponse__Output } from './determined/api/v1/DisableSlotResponse';
+import type { EnableAgentRequest as _determined_api_v1_EnableAgentRequest, EnableAgentRequest__Output as _determined_api_v1_EnableAgentRequest__Output } from './determined/api/v1/EnableAgentRequest';
+import type { EnableAgentResponse as _determined_api_v1_EnableAgentResponse, EnableAgentResponse__Output as _determined_api_v1_EnableAgentResponse__Output } from './determined/api/v1/EnableAgentResponse';
+import type { EnableSlotRequest as _determined_api_v1_EnableSlotRequest, EnableSlotRequest__Output as _determined_api_v1_EnableSlotRequest__Output } from './determined/api/v1/EnableSlotRequest';
+import type { EnableSlotResponse as _determined_api_v1_EnableSlotResponse, EnableSlotResponse__Output as _determined_api_v1_EnableSlotResponse__Output } from './determined/api/v1/EnableSlotResponse';
 import type { Experiment as _determined_api_v1_Experiment, Experiment__Output as _determined_api_v1_Experiment__Output } from './determined/api/v1/Experiment';
 import type { GetAgentRequest as _determined_api_v1_GetAgentRequest, GetAgentRequest__Output as _determined_api_v1_GetAgentRequest__Output } from './determined/api/v1/GetAgentRequest';
 import type { GetAgentResponse as _determined_api_v1_GetAgentResponse, GetAgentResponse__Output as _determined_api_v1_GetAgentResponse__Output } from './determined/api/v1/GetAgentResponse';
@@ -65,6 +73,14 @@ export interface ProtoGrpcType {
         DeleteExperimentRequest: MessageTypeDefinition<_determined_api_v1_DeleteExperimentRequest, _determined_api_v1_DeleteExperimentRequest__Output>
         DeleteExperimentResponse: MessageTypeDefinition<_determined_api_v1_DeleteExperimentResponse, _determined_api_v1_DeleteExperimentResponse__Output>
         Determined: SubtypeConstructor<typeof grpc.Client, _determined_api_v1_DeterminedClient> & { service: _determined_api_v1_DeterminedDefinition }
+        DisableAgentRequest: MessageTypeDefinition<_determined_api_v1_DisableAgentRequest, _determined_api_v1_DisableAgentRequest__Output>
+        DisableAgentResponse: MessageTypeDefinition<_determined_api_v1_DisableAgentResponse, _determined_api_v1_DisableAgentResponse__Output>
+        DisableSlotRequest: MessageTypeDefinition<_determined_api_v1_DisableSlotRequest, _determined_api_v1_DisableSlotRequest__Output>
+        DisableSlotResponse: MessageTypeDefinition<_determined_api_v1_DisableSlotResponse, _determined_api_v1_DisableSlotResponse__Output>
+        EnableAgentRequest: MessageTypeDefinition<_determined_api_v1_EnableAgentRequest, _determined_api_v1_EnableAgentRequest__Output>
+        EnableAgentResponse: MessageTypeDefinition<_determined_api_v1_EnableAgentResponse, _determined_api_v1_EnableAgentResponse__Output>
+        EnableSlotRequest: MessageTypeDefinition<_determined_api_v1_EnableSlotRequest, _determined_api_v1_EnableSlotRequest__Output>
+        EnableSlotResponse: MessageTypeDefinition<_determined_api_v1_EnableSlotResponse, _determined_api_v1_EnableSlotResponse__Output>
         Experiment: MessageTypeDefinition<_determined_api_v1_Experiment, _determined_api_v1_Experiment__Output>
         ExperimentState: EnumTypeDefinition
         GetAgentRequest: MessageTypeDefinition<_determined_api_v1_GetAgentRequest, _determined_api_v1_GetAgentRequest__Output>

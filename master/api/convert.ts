@@ -34,7 +34,7 @@ export function trialToProto(t: TrialRecord): Trial {
 export function slotsToProto(a: AgentEntry, trialOf: (allocationId: string) => number | undefined): Slot[] {
   return a.devices.map((d) => {
     const alloc = a.usedSlots.get(d.id) ?? '';
-    return { id: d.id, type: d.type === 'cuda' ? 'SLOT_TYPE_CUDA' : 'SLOT_TYPE_CPU', brand: d.brand, uuid: d.uuid, memoryMib: d.memoryMib, enabled: a.enabled, allocationId: alloc, trialId: alloc ? trialOf(alloc) ?? 0 : 0 };
+    return { id: d.id, type: d.type === 'cuda' ? 'SLOT_TYPE_CUDA' : 'SLOT_TYPE_CPU', brand: d.brand, uuid: d.uuid, memoryMib: d.memoryMib, enabled: a.enabled && !a.disabledSlots.has(d.id), allocationId: alloc, trialId: alloc ? trialOf(alloc) ?? 0 : 0 };
   });
 }
 
@@ -43,7 +43,7 @@ export function agentToProto(a: AgentEntry, trialOf: (allocationId: string) => n
   return {
     id: a.id, version: a.version, resourcePool: a.pool, state: a.channel ? 'AGENT_STATE_CONNECTED' : 'AGENT_STATE_DISCONNECTED', enabled: a.enabled,
     slots: slotsToProto(a, trialOf), hostname: a.hostname, labels: a.labels, registeredAtMs: a.registeredAtMs, lastSeenMs: a.lastSeenMs, address: a.channel?.address ?? '',
-    instanceId: a.instanceId, instanceType: a.instanceType,
+    instanceId: a.instanceId, instanceType: a.instanceType, disabledReason: a.disabledReason, fencedAllocationIds: [...a.fenced].sort(),
   };
 }
 

@@ -4,6 +4,7 @@ import { VERSION } from '../../common/types';
 import type { DeterminedHandlers } from '../../common/proto-gen/determined/api/v1/Determined';
 import type { ProvisionerPool } from '../../common/proto-gen/determined/api/v1/ProvisionerPool';
 import { ExperimentDeleter } from '../checkpoints/deletion';
+import type { AgentEntry } from '../cluster/agents';
 import type { Cluster } from '../cluster/cluster';
 import { checkpointHandlers } from './checkpoints';
 import { agentToProto, experimentToProto, slotsToProto, trialToProto } from './convert';
@@ -34,6 +35,7 @@ export function apiHandlers(cluster: Cluster, facts: MasterFacts, provisioner?: 
     if (!a) throw new DetError('DET_ERR_AGENT_NOT_FOUND', `agent ${id} not found`);
     return a;
   };
+  const slotOf = (a: AgentEntry, slotId: number) => slotsToProto(a, trialOf).find((s) => s.id === slotId)!;
   const experiment = async (id: number) => {
     const e = await store.getExperiment(id);
     if (!e) throw new DetError('DET_ERR_EXPERIMENT_NOT_FOUND', `experiment ${id} not found`);
@@ -50,6 +52,10 @@ export function apiHandlers(cluster: Cluster, facts: MasterFacts, provisioner?: 
     })),
     GetAgent: unary(async (req) => ({ agent: agentToProto(agent(req.agentId), trialOf) })),
     ListSlots: unary(async (req) => ({ slots: slotsToProto(agent(req.agentId), trialOf) })),
+    DisableAgent: unary(async (req) => ({ agent: agentToProto(await cluster.disableAgent(req.agentId, req.drain), trialOf) })),
+    EnableAgent: unary(async (req) => ({ agent: agentToProto(await cluster.enableAgent(req.agentId), trialOf) })),
+    DisableSlot: unary(async (req) => ({ slot: slotOf(await cluster.setSlotEnabled(req.agentId, req.slotId, false, req.drain), req.slotId) })),
+    EnableSlot: unary(async (req) => ({ slot: slotOf(await cluster.setSlotEnabled(req.agentId, req.slotId, true, false), req.slotId) })),
     CreateExperiment: unary(async (req) => {
       const { experiment: e, trials } = await cluster.createExperiment(req.configYaml);
       return { experiment: experimentToProto(e, trials), trials: trials.map(trialToProto) };

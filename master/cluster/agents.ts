@@ -36,8 +36,15 @@ export interface AgentEntry {
   idleSinceMs: number | null;
   /** Since when it has been disconnected; null while connected. */
   disconnectedSinceMs: number | null;
-  /** Why it was disabled (provisioner, spot notice), for display. */
+  /** Why it was disabled (provisioner, spot notice, user), for display. */
   disabledReason: string;
+  /** Slots the scheduler must not use (det slot disable). */
+  disabledSlots: Set<number>;
+  /**
+   * Allocations the agent still runs that the master gave up on (requeued after the reconnect
+   * grace period): nothing new is placed on the agent until it reports them terminated.
+   */
+  fenced: Set<string>;
 }
 
 /** Agents by id. */
@@ -78,6 +85,8 @@ export class AgentTable {
       idleSinceMs: prev?.idleSinceMs ?? nowMs,
       disconnectedSinceMs: null,
       disabledReason: prev?.disabledReason ?? '',
+      disabledSlots: prev?.disabledSlots ?? new Set(),
+      fenced: new Set(),
     };
     this.agents.set(entry.id, entry);
     return entry;
@@ -89,7 +98,7 @@ export class AgentTable {
       ...rec, pool: rec.resourcePool, channel: undefined, usedSlots: new Map(), graceTimer: undefined,
       instanceId: rec.labels['det:instance-id'] ?? '', instanceType: rec.labels['det:instance-type'] ?? '', idleSinceMs: null,
       // The stored last-seen time is stale after a crash: the disconnected clock starts now, when the master does.
-      disconnectedSinceMs: nowMs, disabledReason: '',
+      disconnectedSinceMs: nowMs, disabledSlots: new Set(rec.disabledSlots), fenced: new Set(),
     };
     this.agents.set(entry.id, entry);
     return entry;
@@ -98,8 +107,10 @@ export class AgentTable {
   /** Capacity snapshot for the scheduler. */
   capacity(): AgentCapacity[] {
     return this.all().map((a) => {
-      const slotIds = a.devices.map((d) => d.id);
-      return { id: a.id, pool: a.pool, schedulable: a.channel !== undefined && a.enabled, slotIds, freeSlotIds: slotIds.filter((s) => !a.usedSlots.has(s)) };
+      const slotIds = a.devices.map((d) => d.id).filter((s) => !a.disabledSlots.has(s));
+      return {
+        id: a.id, pool: a.pool, schedulable: a.channel !== undefined && a.enabled && a.fenced.size === 0, slotIds, freeSlotIds: slotIds.filter((s) => !a.usedSlots.has(s)),
+      };
     });
   }
 }
@@ -108,5 +119,8 @@ export class AgentTable {
 export function agentRecord(a: AgentEntry): AgentRecord {
   // The instance id and type travel in labels so a restarted master can match agents to instances.
   const labels = a.instanceId ? { ...a.labels, 'det:instance-id': a.instanceId, 'det:instance-type': a.instanceType } : a.labels;
-  return { id: a.id, resourcePool: a.pool, version: a.version, hostname: a.hostname, devices: a.devices, labels, enabled: a.enabled, registeredAtMs: a.registeredAtMs, lastSeenMs: a.lastSeenMs };
+  return {
+    id: a.id, resourcePool: a.pool, version: a.version, hostname: a.hostname, devices: a.devices, labels, enabled: a.enabled, disabledReason: a.disabledReason,
+    disabledSlots: [...a.disabledSlots].sort((x, y) => x - y), registeredAtMs: a.registeredAtMs, lastSeenMs: a.lastSeenMs,
+  };
 }

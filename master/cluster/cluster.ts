@@ -150,6 +150,68 @@ export class Cluster {
   }
 
   /**
+   * `det agent disable`: nothing new is placed on the agent. Without `drain` its trials get SIGTERM
+   * and their grace period and are requeued elsewhere (restart counts untouched); with `drain` they finish.
+   */
+  disableAgent(agentId: string, drain: boolean): Promise<AgentEntry> {
+    return this.serial(async () => {
+      const a = this.agentOrThrow(agentId);
+      const reason = `disabled by user${drain ? ' (draining)' : ''}`;
+      a.enabled = false;
+      a.disabledReason = reason;
+      await this.store.putAgent(agentRecord(a));
+      this.log.info('agent disabled', { agent: agentId, drain, allocations: this.runningTasksOn(agentId) });
+      if (!drain) this.stopAllocations(a, this.allocationsOn(agentId), `agent ${agentId} was disabled; requeued`);
+      this.changed(a.pool);
+      return a;
+    });
+  }
+
+  /** `det agent enable`: the scheduler may use the agent again (not one whose instance is being terminated). */
+  enableAgent(agentId: string): Promise<AgentEntry> {
+    return this.serial(async () => {
+      const a = this.agentOrThrow(agentId);
+      const retiring = this.retiring.get(agentId);
+      if (retiring !== undefined) throw new DetError('DET_ERR_INVALID_ARGUMENT', `agent ${agentId} cannot be enabled: ${retiring}`);
+      if (!a.enabled) {
+        a.enabled = true;
+        a.disabledReason = '';
+        await this.store.putAgent(agentRecord(a));
+        this.log.info('agent enabled', { agent: agentId });
+        this.requestSchedule();
+        this.changed(a.pool);
+      }
+      return a;
+    });
+  }
+
+  /** `det slot disable` / `enable`: like the agent verbs, for one slot. */
+  setSlotEnabled(agentId: string, slotId: number, enabled: boolean, drain: boolean): Promise<AgentEntry> {
+    return this.serial(async () => {
+      const a = this.agentOrThrow(agentId);
+      if (!a.devices.some((d) => d.id === slotId)) {
+        throw new DetError('DET_ERR_INVALID_ARGUMENT', `agent ${agentId} has no slot ${slotId} (slots: ${a.devices.map((d) => d.id).join(', ') || 'none'})`);
+      }
+      if (enabled === !a.disabledSlots.has(slotId)) return a;
+      if (enabled) a.disabledSlots.delete(slotId);
+      else a.disabledSlots.add(slotId);
+      await this.store.putAgent(agentRecord(a));
+      this.log.info(enabled ? 'slot enabled' : 'slot disabled', { agent: agentId, slot: slotId, drain });
+      const user = a.usedSlots.get(slotId);
+      if (!enabled && !drain && user) this.stopAllocations(a, this.allocationsOn(agentId).filter((x) => x.id === user), `slot ${slotId} of agent ${agentId} was disabled; requeued`);
+      if (enabled) this.requestSchedule();
+      this.changed(a.pool);
+      return a;
+    });
+  }
+
+  private agentOrThrow(agentId: string): AgentEntry {
+    const a = this.agents.get(agentId);
+    if (!a) throw new DetError('DET_ERR_AGENT_NOT_FOUND', `agent ${agentId} not found`);
+    return a;
+  }
+
+  /**
    * Atomically (on the serial queue): if the agent runs nothing, disable it for good — also if it
    * registers later — and return true, so its instance can be terminated; false if it is busy.
    */
@@ -305,6 +367,11 @@ export class Cluster {
           if (trial.killRequested || this.preempting.has(alloc.id)) commands.push({ kind: 'kill', allocationId: alloc.id, signal: 'SIGTERM', gracePeriodMs: trial.exp.config.killGracePeriodMs });
         }
       }
+      // Fencing: containers the master gave up on (requeued after the grace period) still run there;
+      // the agent kills them on Registered, and nothing new goes there until it reports them gone.
+      const expectedSet = new Set(expected);
+      for (const c of reg.containers) if (c.state !== 'TERMINATED' && !expectedSet.has(c.allocationId)) entry.fenced.add(c.allocationId);
+      if (entry.fenced.size > 0) this.log.warn('agent still runs containers of requeued allocations; no new work until they are gone', { agent: entry.id, allocations: [...entry.fenced] });
       entry.idleSinceMs = this.runningTasksOn(entry.id) === 0 ? entry.idleSinceMs ?? Date.now() : null;
       this.changed(entry.pool);
       const timing = heartbeatTiming(this.agents.connectedCount());
@@ -337,7 +404,11 @@ export class Cluster {
           if (!alloc || alloc.agentId !== agentId) {
             if (msg.state !== 'TERMINATED') {
               this.log.warn('agent runs an allocation the master does not expect; killing it', { agent: agentId, allocation: msg.allocationId });
+              entry.fenced.add(msg.allocationId);
               channel.send({ kind: 'kill', allocationId: msg.allocationId, signal: 'SIGKILL', gracePeriodMs: 0 });
+            } else if (entry.fenced.delete(msg.allocationId) && entry.fenced.size === 0) {
+              this.log.info('stale containers are gone; the agent gets work again', { agent: agentId });
+              this.requestSchedule();
             }
             return;
           }
@@ -382,13 +453,18 @@ export class Cluster {
       entry.disabledReason = reason;
       await this.store.putAgent(agentRecord(entry));
     }
-    for (const alloc of this.allocationsOn(entry.id)) {
+    this.stopAllocations(entry, this.allocationsOn(entry.id), reason);
+    this.changed(entry.pool);
+  }
+
+  /** SIGTERM (with the trial's grace period) to allocations whose trials are requeued without counting a restart. */
+  private stopAllocations(entry: AgentEntry, allocs: LiveAllocation[], reason: string): void {
+    for (const alloc of allocs) {
       if (this.preempting.has(alloc.id)) continue;
       this.preempting.set(alloc.id, reason);
       const trial = this.trials.get(alloc.trialId)!;
       entry.channel?.send({ kind: 'kill', allocationId: alloc.id, signal: 'SIGTERM', gracePeriodMs: trial.exp.config.killGracePeriodMs });
     }
-    this.changed(entry.pool);
   }
 
   private startGrace(entry: AgentEntry): void {

@@ -1,89 +1,181 @@
-// The scheduling core: pure, over a snapshot. Per resource pool: priority
-// (lower first) then FIFO; a task's slots must fit on one agent; best fit
-// (the agent with the fewest free slots that still fit) packs work tightly.
-// Lower-priority tasks may run on capacity a blocked bigger task cannot use.
+// The scheduling core: pure, over a snapshot (no I/O, no clock, inputs not
+// mutated). Per resource pool: priority (lower first), then FIFO, then id. A
+// task's slots must fit on one agent, chosen by the pool's fitting policy;
+// lower-priority tasks may run on capacity a blocked bigger task cannot use.
+// Zero-slot tasks take no slot but count against a per-agent cap.
+//
+// Preemption (per pool, off by default): a task that fits nowhere may evict
+// preemptible running tasks of strictly lower priority on one agent. It then
+// waits; the slots those tasks free are "to be freed" and claimed, in priority
+// order, by waiting tasks in later passes (and the free slots such a task will
+// also use are held back from lower-priority tasks), so no pass evicts twice
+// for the same need. Evicted tasks are requeued by the caller.
+import { freeCount, PoolState, type AgentState, type Victim } from './pool-state';
+import { byLeastImportant, PreemptionIndex } from './preemption';
+import { DEFAULT_POOL_POLICY, type AgentCapacity, type Assignment, type PendingTask, type PoolPolicy, type Preemption, type RunningTask, type SchedulePlan, type ScheduleOptions } from './types';
+import { WaitReasons, type WaitKind } from './wait-reasons';
 
-/** A task waiting for slots. */
-export interface PendingTask {
-  id: string;
-  pool: string;
-  slots: number;
-  /** 1..99, lower runs first. */
-  priority: number;
-  /** Submission order; lower is older. */
-  seq: number;
-}
+export * from './types';
 
-/** What the scheduler needs to know of an agent. */
-export interface AgentCapacity {
-  id: string;
-  pool: string;
-  /** Connected and enabled. */
-  schedulable: boolean;
-  /** All enabled slot ids. */
-  slotIds: number[];
-  /** Enabled slot ids not in use. */
-  freeSlotIds: number[];
-}
-
-/** Place a task on slots of an agent. */
-export interface Assignment {
-  taskId: string;
-  agentId: string;
-  slotIds: number[];
-}
-
-/** The plan of one pass. */
-export interface SchedulePlan {
-  assignments: Assignment[];
-  /** Why each still-waiting task waits. */
-  waiting: Map<string, string>;
-}
-
-/** Orders tasks: priority, then submission order. */
+/** Orders tasks: priority, then submission order, then id. */
 export function byPriorityThenFifo(a: PendingTask, b: PendingTask): number {
-  return a.priority - b.priority || a.seq - b.seq;
+  return a.priority - b.priority || a.seq - b.seq || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
 }
 
-/** One scheduling pass. Pure: inputs are not mutated. */
-export function schedule(pending: readonly PendingTask[], agents: readonly AgentCapacity[]): SchedulePlan {
-  const free = new Map<string, number[]>();
-  const byPool = new Map<string, AgentCapacity[]>();
-  for (const a of [...agents].sort((x, y) => (x.id < y.id ? -1 : x.id > y.id ? 1 : 0))) {
-    if (!a.schedulable) continue;
-    free.set(a.id, [...a.freeSlotIds].sort((x, y) => x - y));
-    const list = byPool.get(a.pool) ?? [];
-    list.push(a);
-    byPool.set(a.pool, list);
-  }
+/** One pool's state plus the pass's memos for waiting and preemption. */
+interface PoolPass {
+  state: PoolState;
+  /** Agents that have (had) tasks being preempted. */
+  stopping: AgentState[];
+  /** Agents with preemptible running tasks. */
+  preemptable: PreemptionIndex;
+  /** Smallest k for which no to-be-freed claim works (reset when to-be-freed grows). */
+  noClaimFrom: number;
+  /** Smallest k for which no preemption works; sound because tasks come in priority order and room only shrinks. */
+  noPreemptFrom: number;
+}
+
+/** One scheduling pass. Pure: inputs are not mutated; the same snapshot in any order gives the same plan. */
+export function schedule(pending: readonly PendingTask[], agents: readonly AgentCapacity[], opts: ScheduleOptions = {}): SchedulePlan {
+  const pools = buildPools(agents, opts);
   const assignments: Assignment[] = [];
-  const waiting = new Map<string, string>();
+  const preemptions: Preemption[] = [];
+  const waits: [PendingTask, WaitKind][] = [];
   for (const task of [...pending].sort(byPriorityThenFifo)) {
-    const candidates = byPool.get(task.pool) ?? [];
-    let best: AgentCapacity | undefined;
-    for (const agent of candidates) {
-      const f = free.get(agent.id)!.length;
-      if (f < task.slots) continue;
-      // Best fit; zero-slot tasks go to the agent with the most free slots instead.
-      if (!best || (task.slots === 0 ? f > free.get(best.id)!.length : f < free.get(best.id)!.length)) best = agent;
-    }
-    if (!best) {
-      waiting.set(task.id, waitReason(task, candidates, free));
+    const pool = pools.get(task.pool);
+    if (!pool) {
+      waits.push([task, { kind: 'no-agents', pool: task.pool }]);
       continue;
     }
-    const slots = free.get(best.id)!;
-    assignments.push({ taskId: task.id, agentId: best.id, slotIds: slots.splice(0, task.slots) });
+    const st = pool.state;
+    const k = task.slots;
+    if (k <= 0) {
+      const a = st.pickZero();
+      if (a) {
+        a.zero++;
+        assignments.push({ taskId: task.id, agentId: a.id, slotIds: [] });
+      } else waits.push([task, { kind: 'zero-cap', pool: st }]);
+      continue;
+    }
+    if (k > st.largest) {
+      waits.push([task, { kind: 'too-big', pool: st }]);
+      continue;
+    }
+    const fit = st.fit(k);
+    if (fit) {
+      assignments.push({ taskId: task.id, agentId: fit.id, slotIds: st.take(fit, k) });
+      continue;
+    }
+    const claimed = claim(pool, k);
+    if (claimed) {
+      waits.push([task, { kind: 'preempted', pool: st, agent: claimed }]);
+      continue;
+    }
+    const evicted = st.policy.preemption ? preempt(pool, task, preemptions) : undefined;
+    waits.push([task, evicted ? { kind: 'preempted', pool: st, agent: evicted } : { kind: 'slots', pool: st }]);
   }
-  return { assignments, waiting };
+  const reasons = new WaitReasons();
+  const waiting = new Map<string, string>();
+  for (const [task, why] of waits) waiting.set(task.id, reasons.text(why, task.slots));
+  return { assignments, waiting, preemptions };
 }
 
-function waitReason(task: PendingTask, candidates: AgentCapacity[], free: Map<string, number[]>): string {
-  const pool = `resource pool '${task.pool}'`;
-  if (candidates.length === 0) return `waiting for an agent: no connected, enabled agents in ${pool}`;
-  const largest = Math.max(...candidates.map((a) => a.slotIds.length));
-  if (task.slots > largest) {
-    return `needs ${task.slots} slots on one agent but the largest agent in ${pool} has ${largest}; it stays queued until a large enough agent joins`;
+/** Claims slots that tasks already being preempted will free (plus free slots there), if some agent has enough. */
+function claim(pool: PoolPass, k: number): AgentState | undefined {
+  if (k >= pool.noClaimFrom) return undefined;
+  let best: AgentState | undefined;
+  let bestFromFree = Infinity;
+  for (const a of pool.stopping) {
+    if (a.toBeFreed === 0 || k > a.total || freeCount(a) + a.toBeFreed < k) continue;
+    const fromFree = Math.max(0, k - a.toBeFreed);
+    if (fromFree < bestFromFree || (fromFree === bestFromFree && a.index < best!.index)) {
+      best = a;
+      bestFromFree = fromFree;
+    }
   }
-  const mostFree = Math.max(...candidates.map((a) => free.get(a.id)!.length));
-  return `waiting for ${task.slots} free slot${task.slots === 1 ? '' : 's'} on one agent in ${pool} (at most ${mostFree} free now)`;
+  if (!best) {
+    pool.noClaimFrom = k; // to-be-freed and free counts only shrink until the next eviction
+    return undefined;
+  }
+  best.toBeFreed -= Math.min(best.toBeFreed, k);
+  pool.state.reserve(best, bestFromFree);
+  return best;
+}
+
+/** Evicts the least harmful set of lower-priority tasks on one agent for `task`; the agent, or undefined when none can make room. */
+function preempt(pool: PoolPass, task: PendingTask, out: Preemption[]): AgentState | undefined {
+  const k = task.slots;
+  if (k >= pool.noPreemptFrom) return undefined;
+  const plan = pool.preemptable.find(k, task.priority);
+  if (!plan) {
+    pool.noPreemptFrom = k;
+    return undefined;
+  }
+  const a = plan.agent;
+  for (const v of plan.victims) {
+    v.taken = true;
+    out.push({ taskId: v.id, forTaskId: task.id, agentId: a.id });
+  }
+  pool.preemptable.update(a);
+  if (a.stopping === 0) pool.stopping.push(a);
+  a.stopping += plan.victims.length;
+  // The task uses the victims' slots first, then slots already to be freed, then free slots.
+  const fromVictims = Math.min(plan.slots, k);
+  const fromToBeFreed = Math.min(a.toBeFreed, k - fromVictims);
+  const fromFree = k - fromVictims - fromToBeFreed;
+  const left = plan.slots - fromVictims;
+  a.toBeFreed += left - fromToBeFreed;
+  if (left > 0) pool.noClaimFrom = Infinity;
+  pool.state.reserve(a, fromFree);
+  return a;
+}
+
+function policyOf(opts: ScheduleOptions, pool: string): PoolPolicy {
+  const p = opts.policies;
+  const found = p instanceof Map ? p.get(pool) : p && Object.prototype.hasOwnProperty.call(p, pool) ? (p as Record<string, PoolPolicy>)[pool] : undefined;
+  return found ?? opts.defaultPolicy ?? DEFAULT_POOL_POLICY;
+}
+
+/** Working copies of the schedulable agents, by pool, in id order. */
+function buildPools(agents: readonly AgentCapacity[], opts: ScheduleOptions): Map<string, PoolPass> {
+  const sorted = agents.filter((a) => a.schedulable).sort((x, y) => (x.id < y.id ? -1 : x.id > y.id ? 1 : 0));
+  const byPool = new Map<string, AgentState[]>();
+  const byId = new Map<string, { state: AgentState; input: AgentCapacity }>();
+  for (const a of sorted) {
+    if (byId.has(a.id)) continue; // a duplicate id is a caller bug; the first (in id order) wins
+    const list = byPool.get(a.pool) ?? [];
+    const free = [...a.freeSlotIds].sort((x, y) => x - y);
+    const state: AgentState = { id: a.id, index: list.length, total: a.slotIds.length, free, head: 0, tail: free.length, zero: a.zeroSlotTasks ?? 0, toBeFreed: 0, stopping: 0, victims: [] };
+    list.push(state);
+    byPool.set(a.pool, list);
+    byId.set(a.id, { state, input: a });
+  }
+  const enabledSets = new Map<string, Set<number>>();
+  for (const r of opts.running ?? []) {
+    const agent = byId.get(r.agentId);
+    if (!agent) continue;
+    let enabled = enabledSets.get(r.agentId);
+    if (!enabled) enabledSets.set(r.agentId, (enabled = new Set(agent.input.slotIds)));
+    let slots = 0;
+    for (const s of r.slotIds) if (enabled.has(s)) slots++;
+    const a = agent.state;
+    if (r.preempting) {
+      a.stopping++;
+      a.toBeFreed += slots;
+    } else if (r.preemptible && slots > 0) {
+      a.victims.push({ id: r.id, priority: r.priority, seq: r.seq, slots, taken: false } satisfies Victim);
+    }
+  }
+  const pools = new Map<string, PoolPass>();
+  for (const [name, list] of byPool) {
+    for (const a of list) a.victims.sort(byLeastImportant);
+    pools.set(name, {
+      state: new PoolState(name, policyOf(opts, name), list),
+      stopping: list.filter((a) => a.stopping > 0),
+      preemptable: new PreemptionIndex(list),
+      noClaimFrom: Infinity,
+      noPreemptFrom: Infinity,
+    });
+  }
+  return pools;
 }

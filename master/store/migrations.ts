@@ -229,6 +229,14 @@ export const MIGRATIONS: readonly Migration[] = [
 );`,
   },
   { version: 3, name: 'checkpoints', sqlite: CHECKPOINTS_SQLITE, postgres: CHECKPOINTS_POSTGRES },
+  {
+    version: 4,
+    name: 'disabled slots and why an agent is disabled',
+    sqlite: `ALTER TABLE agents ADD COLUMN disabled_slots TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE agents ADD COLUMN disabled_reason TEXT NOT NULL DEFAULT '';`,
+    postgres: `ALTER TABLE agents ADD COLUMN disabled_slots TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE agents ADD COLUMN disabled_reason TEXT NOT NULL DEFAULT '';`,
+  },
 ];
 
 /** The newest schema version this code knows. */

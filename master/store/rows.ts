@@ -201,6 +201,8 @@ export function agentToRow(kind: StoreKind, a: AgentRecord): Row {
     devices: JSON.stringify(a.devices),
     labels: JSON.stringify(a.labels),
     enabled: boolValue(kind, a.enabled),
+    disabled_reason: a.disabledReason,
+    disabled_slots: JSON.stringify(a.disabledSlots),
     registered_at_ms: a.registeredAtMs,
     last_seen_ms: a.lastSeenMs,
   };
@@ -216,6 +218,8 @@ export function agentFromRow(r: Row): AgentRecord {
     devices: json(r.devices),
     labels: json(r.labels),
     enabled: bool(r.enabled),
+    disabledReason: str(r.disabled_reason),
+    disabledSlots: json(r.disabled_slots),
     registeredAtMs: num(r.registered_at_ms),
     lastSeenMs: num(r.last_seen_ms),
   };

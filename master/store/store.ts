@@ -75,6 +75,10 @@ export interface AgentRecord {
   devices: Device[];
   labels: Record<string, string>;
   enabled: boolean;
+  /** Why it is disabled ('' when enabled). */
+  disabledReason: string;
+  /** Slots the scheduler must not use. */
+  disabledSlots: number[];
   registeredAtMs: number;
   lastSeenMs: number;
 }

@@ -111,6 +111,8 @@ function agent(id: string, over: Partial<AgentRecord> = {}): AgentRecord {
     ],
     labels: { zone: 'us-east-1a', 'ai.det/spot': 'true' },
     enabled: true,
+    disabledReason: '',
+    disabledSlots: [],
     registeredAtMs: 1_700_000_002_000,
     lastSeenMs: 1_700_000_003_000,
     ...over,
@@ -355,8 +357,11 @@ function storeContract(backend: Backend): void {
     it('putAgent inserts, then replaces by id; listAgents is by id', async () => {
       const s = await open();
       await s.putAgent(agent('b-agent'));
-      await s.putAgent(agent('a-agent', { devices: [], labels: {}, enabled: false }));
-      assert.deepEqual(await s.listAgents(), [agent('a-agent', { devices: [], labels: {}, enabled: false }), agent('b-agent')]);
+      await s.putAgent(agent('a-agent', { devices: [], labels: {}, enabled: false, disabledReason: 'disabled by user (det agent disable)', disabledSlots: [1, 3] }));
+      assert.deepEqual(await s.listAgents(), [
+        agent('a-agent', { devices: [], labels: {}, enabled: false, disabledReason: 'disabled by user (det agent disable)', disabledSlots: [1, 3] }),
+        agent('b-agent'),
+      ]);
 
       const seen = agent('b-agent', { lastSeenMs: 1_700_000_999_000, version: '0.2.0', enabled: false, labels: { zone: 'b' } });
       await s.putAgent(seen);

@@ -204,6 +204,12 @@ export function clusterHandlers(cluster: FakeCluster): DeterminedHandlers {
   const findExperiment = (id: number) => cluster.experiments.find((e) => e.experiment.id === id);
   const findTrial = (id: number) => cluster.experiments.flatMap((e) => e.trials).find((t) => t.id === id);
   const findAgent = (id: string) => cluster.agents.find((a) => a.id === id);
+  const setSlot = (agentId: string, slotId: number, enabled: boolean, cb: (err: Partial<grpc.StatusObject> | null, res?: { slot: Slot }) => void) => {
+    const slot = findAgent(agentId)?.slots?.find((s) => s.id === slotId);
+    if (!slot) return cb(detError('DET_ERR_INVALID_ARGUMENT', `agent ${agentId} has no slot ${slotId}`));
+    slot.enabled = enabled;
+    cb(null, { slot });
+  };
   return {
     GetMaster: (_call, cb) => cb(null, cluster.master),
     ListAgents: (call, cb) => cb(null, { agents: cluster.agents.filter((a) => !call.request.resourcePool || a.resourcePool === call.request.resourcePool) }),
@@ -217,6 +223,20 @@ export function clusterHandlers(cluster: FakeCluster): DeterminedHandlers {
       if (!agent) return cb(detError('DET_ERR_AGENT_NOT_FOUND', `agent ${call.request.agentId} not found`));
       cb(null, { slots: agent.slots ?? [] });
     },
+    DisableAgent: (call, cb) => {
+      const agent = findAgent(call.request.agentId);
+      if (!agent) return cb(detError('DET_ERR_AGENT_NOT_FOUND', `agent ${call.request.agentId} not found`));
+      Object.assign(agent, { enabled: false, disabledReason: `disabled by user${call.request.drain ? ' (draining)' : ''}` });
+      cb(null, { agent });
+    },
+    EnableAgent: (call, cb) => {
+      const agent = findAgent(call.request.agentId);
+      if (!agent) return cb(detError('DET_ERR_AGENT_NOT_FOUND', `agent ${call.request.agentId} not found`));
+      Object.assign(agent, { enabled: true, disabledReason: '' });
+      cb(null, { agent });
+    },
+    DisableSlot: (call, cb) => setSlot(call.request.agentId, call.request.slotId, false, cb),
+    EnableSlot: (call, cb) => setSlot(call.request.agentId, call.request.slotId, true, cb),
     ListResourcePools: (_call, cb) => cb(null, { resourcePools: cluster.pools }),
     GetProvisionerStatus: (call, cb) => cb(null, { pools: (cluster.provisioner ?? []).filter((p) => !call.request.resourcePool || p.resourcePool === call.request.resourcePool) }),
     CreateExperiment: (call, cb) => {

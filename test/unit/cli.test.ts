@@ -168,6 +168,32 @@ describe('det CLI', () => {
       assert.deepEqual([nf.code, nf.stderr], [1, 'det: agent nope not found\n']);
     });
 
+    it('agent disable [--drain] and enable change the agent and say what happens to its trials', async () => {
+      const r = await det([...m, 'agent', 'disable', 'agent-gpu']);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout, 'Disabled agent agent-gpu: its 2 running slots get SIGTERM and are requeued elsewhere\n');
+      const d = await det([...m, 'agent', 'describe', 'agent-gpu']);
+      assert.match(d.stdout, /^Enabled: +false \(disabled by user\)$/m);
+      const drain = await det([...m, 'agent', 'disable', 'agent-gpu', '--drain']);
+      assert.match(drain.stdout, /draining: 2 slots in use will finish/);
+      assert.deepEqual(fake.calls.filter((c) => c.method === 'DisableAgent').map((c) => c.request), [{ agentId: 'agent-gpu', drain: false }, { agentId: 'agent-gpu', drain: true }]);
+      const e = await det([...m, 'agent', 'enable', 'agent-gpu']);
+      assert.equal(e.stdout, 'Enabled agent agent-gpu\n');
+      const nf = await det([...m, 'agent', 'enable', 'nope']);
+      assert.deepEqual([nf.code, nf.stderr], [1, 'det: agent nope not found\n']);
+    });
+
+    it('slot disable/enable take AGENT SLOT; a bad slot id is a usage error', async () => {
+      const r = await det([...m, 'slot', 'disable', 'agent-gpu', '1', '--drain']);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout, 'Disabled slot 1 of agent agent-gpu (draining: alloc-7 will finish)\n');
+      const e = await det([...m, 'slot', 'enable', 'agent-gpu', '1']);
+      assert.equal(e.stdout, 'Enabled slot 1 of agent agent-gpu\n');
+      const bad = await det([...m, 'slot', 'disable', 'agent-gpu', 'x']);
+      assert.equal(bad.code, 2);
+      assert.match(bad.stderr, /expected a non-negative integer/);
+    });
+
     it('slot list walks every agent, or one with --agent', async () => {
       const all = await det([...m, 'slot', 'list', '--json']);
       assert.equal(all.code, 0, all.stderr);

@@ -19,6 +19,8 @@ export interface Agent {
   'address'?: (string);
   'instanceId'?: (string);
   'instanceType'?: (string);
+  'disabledReason'?: (string);
+  'fencedAllocationIds'?: (string)[];
 }
 
 export interface Agent__Output {
@@ -35,4 +37,6 @@ export interface Agent__Output {
   'address': (string);
   'instanceId': (string);
   'instanceType': (string);
+  'disabledReason': (string);
+  'fencedAllocationIds': (string)[];
 }

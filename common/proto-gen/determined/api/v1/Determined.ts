@@ -7,6 +7,14 @@ import type { CreateExperimentRequest as _determined_api_v1_CreateExperimentRequ
 import type { CreateExperimentResponse as _determined_api_v1_CreateExperimentResponse, CreateExperimentResponse__Output as _determined_api_v1_CreateExperimentResponse__Output } from '../../../determined/api/v1/CreateExperimentResponse';
 import type { DeleteExperimentRequest as _determined_api_v1_DeleteExperimentRequest, DeleteExperimentRequest__Output as _determined_api_v1_DeleteExperimentRequest__Output } from '../../../determined/api/v1/DeleteExperimentRequest';
 import type { DeleteExperimentResponse as _determined_api_v1_DeleteExperimentResponse, DeleteExperimentResponse__Output as _determined_api_v1_DeleteExperimentResponse__Output } from '../../../determined/api/v1/DeleteExperimentResponse';
+import type { DisableAgentRequest as _determined_api_v1_DisableAgentRequest, DisableAgentRequest__Output as _determined_api_v1_DisableAgentRequest__Output } from '../../../determined/api/v1/DisableAgentRequest';
+import type { DisableAgentResponse as _determined_api_v1_DisableAgentResponse, DisableAgentResponse__Output as _determined_api_v1_DisableAgentResponse__Output } from '../../../determined/api/v1/DisableAgentResponse';
+import type { DisableSlotRequest as _determined_api_v1_DisableSlotRequest, DisableSlotRequest__Output as _determined_api_v1_DisableSlotRequest__Output } from '../../../determined/api/v1/DisableSlotRequest';
+import type { DisableSlotResponse as _determined_api_v1_DisableSlotResponse, DisableSlotResponse__Output as _determined_api_v1_DisableSlotResponse__Output } from '../../../determined/api/v1/DisableSlotResponse';
+import type { EnableAgentRequest as _determined_api_v1_EnableAgentRequest, EnableAgentRequest__Output as _determined_api_v1_EnableAgentRequest__Output } from '../../../determined/api/v1/EnableAgentRequest';
+import type { EnableAgentResponse as _determined_api_v1_EnableAgentResponse, EnableAgentResponse__Output as _determined_api_v1_EnableAgentResponse__Output } from '../../../determined/api/v1/EnableAgentResponse';
+import type { EnableSlotRequest as _determined_api_v1_EnableSlotRequest, EnableSlotRequest__Output as _determined_api_v1_EnableSlotRequest__Output } from '../../../determined/api/v1/EnableSlotRequest';
+import type { EnableSlotResponse as _determined_api_v1_EnableSlotResponse, EnableSlotResponse__Output as _determined_api_v1_EnableSlotResponse__Output } from '../../../determined/api/v1/EnableSlotResponse';
 import type { GetAgentRequest as _determined_api_v1_GetAgentRequest, GetAgentRequest__Output as _determined_api_v1_GetAgentRequest__Output } from '../../../determined/api/v1/GetAgentRequest';
 import type { GetAgentResponse as _determined_api_v1_GetAgentResponse, GetAgentResponse__Output as _determined_api_v1_GetAgentResponse__Output } from '../../../determined/api/v1/GetAgentResponse';
 import type { GetCheckpointRequest as _determined_api_v1_GetCheckpointRequest, GetCheckpointRequest__Output as _determined_api_v1_GetCheckpointRequest__Output } from '../../../determined/api/v1/GetCheckpointRequest';
@@ -54,6 +62,42 @@ export interface DeterminedClient extends grpc.Client {
   deleteExperiment(argument: _determined_api_v1_DeleteExperimentRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_DeleteExperimentResponse__Output>): grpc.ClientUnaryCall;
   deleteExperiment(argument: _determined_api_v1_DeleteExperimentRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_DeleteExperimentResponse__Output>): grpc.ClientUnaryCall;
   deleteExperiment(argument: _determined_api_v1_DeleteExperimentRequest, callback: grpc.requestCallback<_determined_api_v1_DeleteExperimentResponse__Output>): grpc.ClientUnaryCall;
+  
+  DisableAgent(argument: _determined_api_v1_DisableAgentRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_DisableAgentResponse__Output>): grpc.ClientUnaryCall;
+  DisableAgent(argument: _determined_api_v1_DisableAgentRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_DisableAgentResponse__Output>): grpc.ClientUnaryCall;
+  DisableAgent(argument: _determined_api_v1_DisableAgentRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_DisableAgentResponse__Output>): grpc.ClientUnaryCall;
+  DisableAgent(argument: _determined_api_v1_DisableAgentRequest, callback: grpc.requestCallback<_determined_api_v1_DisableAgentResponse__Output>): grpc.ClientUnaryCall;
+  disableAgent(argument: _determined_api_v1_DisableAgentRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_DisableAgentResponse__Output>): grpc.ClientUnaryCall;
+  disableAgent(argument: _determined_api_v1_DisableAgentRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_DisableAgentResponse__Output>): grpc.ClientUnaryCall;
+  disableAgent(argument: _determined_api_v1_DisableAgentRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_DisableAgentResponse__Output>): grpc.ClientUnaryCall;
+  disableAgent(argument: _determined_api_v1_DisableAgentRequest, callback: grpc.requestCallback<_determined_api_v1_DisableAgentResponse__Output>): grpc.ClientUnaryCall;
+  
+  DisableSlot(argument: _determined_api_v1_DisableSlotRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_DisableSlotResponse__Output>): grpc.ClientUnaryCall;
+  DisableSlot(argument: _determined_api_v1_DisableSlotRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_DisableSlotResponse__Output>): grpc.ClientUnaryCall;
+  DisableSlot(argument: _determined_api_v1_DisableSlotRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_DisableSlotResponse__Output>): grpc.ClientUnaryCall;
+  DisableSlot(argument: _determined_api_v1_DisableSlotRequest, callback: grpc.requestCallback<_determined_api_v1_DisableSlotResponse__Output>): grpc.ClientUnaryCall;
+  disableSlot(argument: _determined_api_v1_DisableSlotRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_DisableSlotResponse__Output>): grpc.ClientUnaryCall;
+  disableSlot(argument: _determined_api_v1_DisableSlotRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_DisableSlotResponse__Output>): grpc.ClientUnaryCall;
+  disableSlot(argument: _determined_api_v1_DisableSlotRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_DisableSlotResponse__Output>): grpc.ClientUnaryCall;
+  disableSlot(argument: _determined_api_v1_DisableSlotRequest, callback: grpc.requestCallback<_determined_api_v1_DisableSlotResponse__Output>): grpc.ClientUnaryCall;
+  
+  EnableAgent(argument: _determined_api_v1_EnableAgentRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_EnableAgentResponse__Output>): grpc.ClientUnaryCall;
+  EnableAgent(argument: _determined_api_v1_EnableAgentRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_EnableAgentResponse__Output>): grpc.ClientUnaryCall;
+  EnableAgent(argument: _determined_api_v1_EnableAgentRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_EnableAgentResponse__Output>): grpc.ClientUnaryCall;
+  EnableAgent(argument: _determined_api_v1_EnableAgentRequest, callback: grpc.requestCallback<_determined_api_v1_EnableAgentResponse__Output>): grpc.ClientUnaryCall;
+  enableAgent(argument: _determined_api_v1_EnableAgentRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_EnableAgentResponse__Output>): grpc.ClientUnaryCall;
+  enableAgent(argument: _determined_api_v1_EnableAgentRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_EnableAgentResponse__Output>): grpc.ClientUnaryCall;
+  enableAgent(argument: _determined_api_v1_EnableAgentRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_EnableAgentResponse__Output>): grpc.ClientUnaryCall;
+  enableAgent(argument: _determined_api_v1_EnableAgentRequest, callback: grpc.requestCallback<_determined_api_v1_EnableAgentResponse__Output>): grpc.ClientUnaryCall;
+  
+  EnableSlot(argument: _determined_api_v1_EnableSlotRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_EnableSlotResponse__Output>): grpc.ClientUnaryCall;
+  EnableSlot(argument: _determined_api_v1_EnableSlotRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_EnableSlotResponse__Output>): grpc.ClientUnaryCall;
+  EnableSlot(argument: _determined_api_v1_EnableSlotRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_EnableSlotResponse__Output>): grpc.ClientUnaryCall;
+  EnableSlot(argument: _determined_api_v1_EnableSlotRequest, callback: grpc.requestCallback<_determined_api_v1_EnableSlotResponse__Output>): grpc.ClientUnaryCall;
+  enableSlot(argument: _determined_api_v1_EnableSlotRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_EnableSlotResponse__Output>): grpc.ClientUnaryCall;
+  enableSlot(argument: _determined_api_v1_EnableSlotRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_EnableSlotResponse__Output>): grpc.ClientUnaryCall;
+  enableSlot(argument: _determined_api_v1_EnableSlotRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_EnableSlotResponse__Output>): grpc.ClientUnaryCall;
+  enableSlot(argument: _determined_api_v1_EnableSlotRequest, callback: grpc.requestCallback<_determined_api_v1_EnableSlotResponse__Output>): grpc.ClientUnaryCall;
   
   GetAgent(argument: _determined_api_v1_GetAgentRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_determined_api_v1_GetAgentResponse__Output>): grpc.ClientUnaryCall;
   GetAgent(argument: _determined_api_v1_GetAgentRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_determined_api_v1_GetAgentResponse__Output>): grpc.ClientUnaryCall;
@@ -184,6 +228,14 @@ export interface DeterminedHandlers extends grpc.UntypedServiceImplementation {
   
   DeleteExperiment: grpc.handleUnaryCall<_determined_api_v1_DeleteExperimentRequest__Output, _determined_api_v1_DeleteExperimentResponse>;
   
+  DisableAgent: grpc.handleUnaryCall<_determined_api_v1_DisableAgentRequest__Output, _determined_api_v1_DisableAgentResponse>;
+  
+  DisableSlot: grpc.handleUnaryCall<_determined_api_v1_DisableSlotRequest__Output, _determined_api_v1_DisableSlotResponse>;
+  
+  EnableAgent: grpc.handleUnaryCall<_determined_api_v1_EnableAgentRequest__Output, _determined_api_v1_EnableAgentResponse>;
+  
+  EnableSlot: grpc.handleUnaryCall<_determined_api_v1_EnableSlotRequest__Output, _determined_api_v1_EnableSlotResponse>;
+  
   GetAgent: grpc.handleUnaryCall<_determined_api_v1_GetAgentRequest__Output, _determined_api_v1_GetAgentResponse>;
   
   GetCheckpoint: grpc.handleUnaryCall<_determined_api_v1_GetCheckpointRequest__Output, _determined_api_v1_GetCheckpointResponse>;
@@ -217,6 +269,10 @@ export interface DeterminedHandlers extends grpc.UntypedServiceImplementation {
 export interface DeterminedDefinition extends grpc.ServiceDefinition {
   CreateExperiment: MethodDefinition<_determined_api_v1_CreateExperimentRequest, _determined_api_v1_CreateExperimentResponse, _determined_api_v1_CreateExperimentRequest__Output, _determined_api_v1_CreateExperimentResponse__Output>
   DeleteExperiment: MethodDefinition<_determined_api_v1_DeleteExperimentRequest, _determined_api_v1_DeleteExperimentResponse, _determined_api_v1_DeleteExperimentRequest__Output, _determined_api_v1_DeleteExperimentResponse__Output>
+  DisableAgent: MethodDefinition<_determined_api_v1_DisableAgentRequest, _determined_api_v1_DisableAgentResponse, _determined_api_v1_DisableAgentRequest__Output, _determined_api_v1_DisableAgentResponse__Output>
+  DisableSlot: MethodDefinition<_determined_api_v1_DisableSlotRequest, _determined_api_v1_DisableSlotResponse, _determined_api_v1_DisableSlotRequest__Output, _determined_api_v1_DisableSlotResponse__Output>
+  EnableAgent: MethodDefinition<_determined_api_v1_EnableAgentRequest, _determined_api_v1_EnableAgentResponse, _determined_api_v1_EnableAgentRequest__Output, _determined_api_v1_EnableAgentResponse__Output>
+  EnableSlot: MethodDefinition<_determined_api_v1_EnableSlotRequest, _determined_api_v1_EnableSlotResponse, _determined_api_v1_EnableSlotRequest__Output, _determined_api_v1_EnableSlotResponse__Output>
   GetAgent: MethodDefinition<_determined_api_v1_GetAgentRequest, _determined_api_v1_GetAgentResponse, _determined_api_v1_GetAgentRequest__Output, _determined_api_v1_GetAgentResponse__Output>
   GetCheckpoint: MethodDefinition<_determined_api_v1_GetCheckpointRequest, _determined_api_v1_GetCheckpointResponse, _determined_api_v1_GetCheckpointRequest__Output, _determined_api_v1_GetCheckpointResponse__Output>
   GetExperiment: MethodDefinition<_determined_api_v1_GetExperimentRequest, _determined_api_v1_GetExperimentResponse, _determined_api_v1_GetExperimentRequest__Output, _determined_api_v1_GetExperimentResponse__Output>
