@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
 import { checkpointStorageSchema } from '../common/storage';
+import type { PoolPolicy } from './scheduler/types';
 import type { CheckpointStorageSpec } from '../common/types';
 import { asRecord, deepFreeze, envLayer, mergeLayers, readYamlFile, validateConfig, type ConfigLayer, type ConfigProblem, type CrossCheck, type EnvMapping } from '../common/config/pipeline';
 import { parseDurationMs } from './experiment/units';
@@ -47,11 +48,23 @@ const schema = z
             description: z.string().default(''),
             /** Dynamic agents: the master launches and terminates instances for this pool. */
             provider: providerSchema.optional(),
+            /** How the pool places work. */
+            scheduler: z
+              .object({
+                /** best: pack onto the fullest agent that fits; worst: spread onto the emptiest. */
+                fitting_policy: z.enum(['best', 'worst']).default('best'),
+                /** A higher-priority trial may stop lower-priority ones (requeued, restarts untouched). */
+                preemption: z.boolean().default(false),
+                /** Zero-slot tasks one agent may run at once. */
+                max_zero_slot_tasks_per_agent: z.number().int().min(0).default(100),
+              })
+              .strict()
+              .default({}),
           })
           .strict(),
       )
       .min(1, 'needs at least one pool')
-      .default([{ pool_name: 'default', description: '' }]),
+      .default([{ pool_name: 'default', description: '', scheduler: { fitting_policy: 'best', preemption: false, max_zero_slot_tasks_per_agent: 100 } }]),
     /** Pool for experiments that name none. */
     default_resource_pool: z.string().optional(),
     /** How long a disconnected agent's tasks wait for it to come back before they are restarted elsewhere. */
@@ -96,7 +109,7 @@ export interface MasterConfig {
   clusterName: string;
   agentToken: string | undefined;
   tls: { cert: string; key: string } | undefined;
-  resourcePools: { name: string; description: string; provider: ProviderConfig | undefined }[];
+  resourcePools: { name: string; description: string; provider: ProviderConfig | undefined; scheduler: PoolPolicy }[];
   defaultResourcePool: string;
   agentReconnectGraceMs: number;
   logLevel: 'debug' | 'info' | 'warn' | 'error';
@@ -140,7 +153,10 @@ export function loadMasterConfig(flags: MasterFlags, env: NodeJS.ProcessEnv = pr
     clusterName: c.cluster_name,
     agentToken: c.agent_token,
     tls: c.tls,
-    resourcePools: c.resource_pools.map((p) => ({ name: p.pool_name, description: p.description, provider: p.provider })),
+    resourcePools: c.resource_pools.map((p) => ({
+      name: p.pool_name, description: p.description, provider: p.provider,
+      scheduler: { fitting: p.scheduler.fitting_policy, preemption: p.scheduler.preemption, maxZeroSlotTasksPerAgent: p.scheduler.max_zero_slot_tasks_per_agent },
+    })),
     defaultResourcePool: c.default_resource_pool ?? c.resource_pools[0].pool_name,
     agentReconnectGraceMs: c.agent_reconnect_grace as unknown as number,
     logLevel: c.log_level,

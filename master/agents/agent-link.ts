@@ -43,7 +43,10 @@ export function handleAgentConnect(call: ConnectCall, deps: { cluster: Cluster; 
   let early: AgentToMaster[] | undefined;
   let ended = false;
   let ttlTimer: NodeJS.Timeout | undefined;
+  let ttlRecheck: NodeJS.Immediate | undefined;
   let ttlMs = REGISTER_TIMEOUT_MS;
+  /** When the agent was last heard from; the TTL runs from here. */
+  let lastHeardMs = Date.now();
 
   const channel: AgentChannel = {
     address: peer,
@@ -57,19 +60,41 @@ export function handleAgentConnect(call: ConnectCall, deps: { cluster: Cluster; 
     },
   };
 
-  const armTtl = () => {
-    if (ttlTimer) clearTimeout(ttlTimer);
-    ttlTimer = setTimeout(() => {
+  const startTtlTimer = (ms: number) => {
+    ttlTimer = setTimeout(onTtlDeadline, ms);
+    ttlTimer.unref();
+  };
+  // Timers run before the event loop polls for I/O: after one long task on this loop (a GC pause,
+  // a slow store write, a burst of work on a starved machine) the deadline fires while messages
+  // that arrived in time still wait unread in the socket. So the verdict waits until pending I/O
+  // is read (setImmediate runs after the poll phase).
+  const onTtlDeadline = () => {
+    ttlTimer = undefined;
+    ttlRecheck = setImmediate(() => {
+      ttlRecheck = undefined;
+      if (ended) return;
+      const left = lastHeardMs + ttlMs - Date.now();
+      if (left > 0) return startTtlTimer(left);
       log.warn(agentId ? 'agent missed its heartbeat TTL' : 'agent did not register in time', { agent: agentId, peer, ttl_ms: ttlMs });
       finish(new DetError('DET_ERR_HEARTBEAT_TIMEOUT', agentId ? `no message within the heartbeat TTL (${ttlMs} ms)` : 'no Register message in time'));
-    }, ttlMs);
-    ttlTimer.unref();
+    });
+  };
+  const disarmTtl = () => {
+    if (ttlTimer) clearTimeout(ttlTimer);
+    if (ttlRecheck) clearImmediate(ttlRecheck);
+    ttlTimer = undefined;
+    ttlRecheck = undefined;
+  };
+  /** The agent was heard from now. One timer per stream, re-armed at its deadline, not per message. */
+  const armTtl = () => {
+    lastHeardMs = Date.now();
+    if (!ttlTimer && !ttlRecheck) startTtlTimer(ttlMs);
   };
 
   const finish = (err?: DetError) => {
     if (ended) return;
     ended = true;
-    if (ttlTimer) clearTimeout(ttlTimer);
+    disarmTtl();
     if (agentId) void cluster.agentDisconnected(agentId, channel, err ? err.message : 'stream closed').catch(() => undefined);
     try {
       if (err) call.emit('error', toServiceError(err));
@@ -101,7 +126,7 @@ export function handleAgentConnect(call: ConnectCall, deps: { cluster: Cluster; 
       const id = msg.register.agentId;
       early = [];
       // Register arrived: however long the master takes to process it, this agent is not late.
-      if (ttlTimer) clearTimeout(ttlTimer);
+      disarmTtl();
       cluster.registerAgent(msg.register, channel).then(
         ({ registered, commands }) => {
           if (ended) return void cluster.agentDisconnected(id, channel, 'stream closed during registration').catch(() => undefined);

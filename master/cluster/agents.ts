@@ -104,12 +104,13 @@ export class AgentTable {
     return entry;
   }
 
-  /** Capacity snapshot for the scheduler. */
-  capacity(): AgentCapacity[] {
+  /** Capacity snapshot for the scheduler; `zeroSlotTasks` counts running zero-slot tasks per agent. */
+  capacity(zeroSlotTasks: ReadonlyMap<string, number> = new Map()): AgentCapacity[] {
     return this.all().map((a) => {
       const slotIds = a.devices.map((d) => d.id).filter((s) => !a.disabledSlots.has(s));
       return {
         id: a.id, pool: a.pool, schedulable: a.channel !== undefined && a.enabled && a.fenced.size === 0, slotIds, freeSlotIds: slotIds.filter((s) => !a.usedSlots.has(s)),
+        zeroSlotTasks: zeroSlotTasks.get(a.id) ?? 0,
       };
     });
   }

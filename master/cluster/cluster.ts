@@ -10,7 +10,7 @@ import type { AgentToMaster, CheckpointReport, CheckpointStorageSpec, ExitInfo, 
 import { heartbeatTiming } from '../agents/heartbeat';
 import { parseExperimentConfig, withDefaultCheckpointStorage, type ExperimentConfig } from '../experiment/config';
 import { generateTrials } from '../experiment/searcher';
-import { schedule, type PendingTask } from '../scheduler/scheduler';
+import { DEFAULT_POOL_POLICY, schedule, type PendingTask, type PoolPolicy, type RunningTask } from '../scheduler/scheduler';
 import type { ExperimentRecord, Store, TrialRecord, TrialState } from '../store/store';
 import { deriveExperimentState } from '../task/experiment-state';
 import { holdsAllocation, isTerminal, transition, type TrialEvent } from '../task/trial-machine';
@@ -20,7 +20,8 @@ import { buildTaskSpec } from './task-spec';
 
 /** Settings the cluster needs from the master config. */
 export interface ClusterOptions {
-  resourcePools: { name: string; description: string }[];
+  /** `scheduler` defaults to best fit, no preemption, 100 zero-slot tasks per agent. */
+  resourcePools: { name: string; description: string; scheduler?: PoolPolicy }[];
   defaultResourcePool: string;
   agentReconnectGraceMs: number;
   /** checkpoint_storage of experiments that name none. */
@@ -591,7 +592,28 @@ export class Cluster {
 
   private async schedulePass(): Promise<void> {
     if (this.queue.size === 0) return;
-    const plan = schedule([...this.queue.values()], this.agents.capacity());
+    const running: RunningTask[] = [];
+    const zeroSlot = new Map<string, number>();
+    for (const alloc of this.allocations.values()) {
+      const trial = this.trials.get(alloc.trialId);
+      if (!trial) continue;
+      if (alloc.slotIds.length === 0) zeroSlot.set(alloc.agentId, (zeroSlot.get(alloc.agentId) ?? 0) + 1);
+      running.push({
+        id: String(alloc.trialId), pool: trial.exp.rec.resourcePool, agentId: alloc.agentId, slotIds: alloc.slotIds, priority: trial.exp.rec.priority,
+        seq: alloc.trialId, preemptible: true, preempting: this.preempting.has(alloc.id),
+      });
+    }
+    const policies = new Map(this.opts.resourcePools.map((p) => [p.name, p.scheduler ?? DEFAULT_POOL_POLICY]));
+    const plan = schedule([...this.queue.values()], this.agents.capacity(zeroSlot), { running, policies });
+    for (const p of plan.preemptions) {
+      const victim = this.trials.get(Number(p.taskId));
+      const alloc = victim?.rec.allocationId ? this.allocations.get(victim.rec.allocationId) : undefined;
+      const agent = this.agents.get(p.agentId);
+      const winner = this.trials.get(Number(p.forTaskId));
+      if (!victim || !alloc || !agent || !winner) continue;
+      this.log.info('preempting a trial for a higher-priority one', { trial: victim.rec.id, for_trial: winner.rec.id, agent: p.agentId });
+      this.stopAllocations(agent, [alloc], `preempted by trial ${winner.rec.id} (priority ${winner.exp.rec.priority}); requeued`);
+    }
     for (const a of plan.assignments) await this.assign(Number(a.taskId), a.agentId, a.slotIds);
     for (const [taskId, reason] of plan.waiting) {
       const trial = this.trials.get(Number(taskId));

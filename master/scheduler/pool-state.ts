@@ -37,6 +37,8 @@ export interface AgentState {
   stopping: number;
   /** Preemptible running tasks not already being preempted, least important first. */
   readonly victims: Victim[];
+  /** Bumped on every change of its free or to-be-freed slots or victims (for preemption rankings). */
+  version: number;
 }
 
 /** Free slots of an agent now. */
@@ -155,6 +157,7 @@ export class PoolState {
   }
 
   private move(a: AgentState, change: () => void): void {
+    a.version++;
     this.count[freeCount(a)]--;
     change();
     const f = freeCount(a);

@@ -55,69 +55,75 @@ export function hurtsLess(a: VictimPlan, b: VictimPlan): boolean {
 }
 
 /**
- * The agents with preemptible tasks, by the priority of their least important untaken victim (a
- * bound on the best plan there), most unimportant level first, and by id within a level. A search
- * stops as soon as no agent left can beat the best plan, so a full cluster does not cost a scan
- * over every agent per preempting task. Levels only fall as victims are taken: stale heap entries
- * are dropped lazily.
+ * Finds the least harmful plan without a scan over every agent per preempting task. For each task
+ * shape (slots, priority) met in a pass it keeps the agents ranked by their plan for that shape, built
+ * once. Between searches an agent's plan only gets worse (assignments, holds and claims take its free
+ * and to-be-freed slots, other tasks take its victims) with one exception, handled apart: an
+ * eviction that frees more than its task needs leaves to-be-freed slots, which can only improve that
+ * agent. So a ranked plan is re-checked only when it reaches the top with its agent changed since
+ * (AgentState.version), and improved agents are re-ranked from a log when a ranking is next used.
  */
 export class PreemptionIndex {
-  private readonly levels: number[];
-  private readonly heaps = new Map<number, MinHeap>();
-  /** Per agent index: the level of its live heap entry (undefined: no untaken victims). */
-  private readonly current: (number | undefined)[];
+  private readonly candidates: readonly AgentState[];
+  private readonly rankings = new Map<string, Ranking>();
+  private readonly improved: AgentState[] = [];
 
-  constructor(private readonly agents: readonly AgentState[]) {
-    this.current = agents.map((a) => firstUntaken(a));
-    const members = new Map<number, number[]>();
-    for (const a of agents) for (const v of a.victims) if (!members.has(v.priority)) members.set(v.priority, []); // every level an agent can fall to
-    for (const a of agents) {
-      const level = this.current[a.index];
-      if (level !== undefined) members.get(level)!.push(a.index); // ascending: already a heap
-    }
-    this.levels = [...members.keys()].sort((x, y) => y - x);
-    for (const [level, list] of members) this.heaps.set(level, new MinHeap(byIndex, list));
+  constructor(agents: readonly AgentState[]) {
+    this.candidates = agents.filter((a) => a.victims.length > 0);
   }
 
   /** The least harmful way to make room for a task of k slots and `priority`, if any. */
   find(k: number, priority: number): VictimPlan | undefined {
-    let best: VictimPlan | undefined;
-    const unbeatable = (level: number) => best !== undefined && best.mostImportant === level && best.victims.length === 1 && best.slots === 1;
-    for (const level of this.levels) {
-      if (level <= priority || (best && best.mostImportant > level)) break;
-      const heap = this.heaps.get(level)!;
-      const keep: number[] = [];
-      while (heap.size > 0) {
-        const i = heap.pop()!;
-        if (this.current[i] !== level) continue; // moved to a lower level: its entry there is the live one
-        keep.push(i);
-        const a = this.agents[i];
-        const need = k - freeCount(a) - a.toBeFreed;
-        if (need <= 0 || k > a.total) continue; // need <= 0 is a claim, handled before; k > total never fits
-        const plan = victimsOn(a, need, priority);
-        if (plan && (!best || hurtsLess(plan, best))) best = plan;
-        // The rest of this level has higher ids, lower levels more important victims: nothing beats one 1-slot victim here.
-        if (unbeatable(level)) break;
-      }
-      for (const i of keep) heap.push(i);
-      if (unbeatable(level)) break;
+    const key = `${k}/${priority}`;
+    let r = this.rankings.get(key);
+    if (!r) {
+      r = new Ranking(k, priority);
+      for (const a of this.candidates) r.offer(a);
+      r.seen = this.improved.length;
+      this.rankings.set(key, r);
     }
-    return best;
+    for (; r.seen < this.improved.length; r.seen++) r.offer(this.improved[r.seen]);
+    return r.best();
   }
 
-  /** Records that victims of `a` were taken: it may move to a lower level. */
-  update(a: AgentState): void {
-    const level = firstUntaken(a);
-    if (level === this.current[a.index]) return;
-    this.current[a.index] = level;
-    if (level !== undefined) this.heaps.get(level)!.push(a.index); // levels only fall, and every level has a heap
+  /** Records that `a` got more to-be-freed slots: its plans may have improved. */
+  improve(a: AgentState): void {
+    this.improved.push(a);
   }
 }
 
-/** The priority of an agent's least important untaken victim. */
-function firstUntaken(a: AgentState): number | undefined {
-  for (const v of a.victims) if (!v.taken) return v.priority;
-  return undefined;
-}
+/** Agents ranked by their plan for one task shape; entries go stale when their agent changes. */
+class Ranking {
+  private readonly plans: VictimPlan[] = [];
+  private readonly versions: number[] = [];
+  /** Per agent index: its newest entry (older ones are dropped when they surface). */
+  private readonly newest = new Map<number, number>();
+  private readonly heap = new MinHeap((x, y) => hurtsLess(this.plans[x], this.plans[y]));
+  seen = 0;
 
-const byIndex = (x: number, y: number) => x < y;
+  constructor(private readonly k: number, private readonly priority: number) {}
+
+  /** Ranks an agent's current plan, if it has one. */
+  offer(a: AgentState): void {
+    const need = this.k - freeCount(a) - a.toBeFreed;
+    if (need <= 0 || this.k > a.total) return; // need <= 0 is a claim, tried before any search; k > total never fits
+    const plan = victimsOn(a, need, this.priority);
+    if (!plan) return;
+    this.plans.push(plan);
+    this.versions.push(a.version);
+    this.newest.set(a.index, this.plans.length - 1);
+    this.heap.push(this.plans.length - 1);
+  }
+
+  /** The best current plan: stale tops are re-checked (they can only have got worse). */
+  best(): VictimPlan | undefined {
+    for (;;) {
+      const i = this.heap.peek();
+      if (i === undefined) return undefined;
+      const plan = this.plans[i];
+      if (this.versions[i] === plan.agent.version) return plan;
+      this.heap.pop();
+      if (this.newest.get(plan.agent.index) === i) this.offer(plan.agent);
+    }
+  }
+}

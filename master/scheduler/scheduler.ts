@@ -13,7 +13,7 @@
 import { freeCount, PoolState, type AgentState, type Victim } from './pool-state';
 import { byLeastImportant, PreemptionIndex } from './preemption';
 import { DEFAULT_POOL_POLICY, type AgentCapacity, type Assignment, type PendingTask, type PoolPolicy, type Preemption, type RunningTask, type SchedulePlan, type ScheduleOptions } from './types';
-import { WaitReasons, type WaitKind } from './wait-reasons';
+import { WaitReason } from './wait-reasons';
 
 export * from './types';
 
@@ -27,12 +27,17 @@ interface PoolPass {
   state: PoolState;
   /** Agents that have (had) tasks being preempted. */
   stopping: AgentState[];
-  /** Agents with preemptible running tasks. */
+  /** Agents with preemptible running tasks, ranked per task shape. */
   preemptable: PreemptionIndex;
   /** Smallest k for which no to-be-freed claim works (reset when to-be-freed grows). */
   noClaimFrom: number;
   /** Smallest k for which no preemption works; sound because tasks come in priority order and room only shrinks. */
   noPreemptFrom: number;
+  tooBig: WaitReason;
+  noSlots: WaitReason;
+  zeroCap: WaitReason;
+  /** Per agent with tasks being preempted: waiting for them. */
+  preempted: Map<AgentState, WaitReason>;
 }
 
 /** One scheduling pass. Pure: inputs are not mutated; the same snapshot in any order gives the same plan. */
@@ -40,11 +45,19 @@ export function schedule(pending: readonly PendingTask[], agents: readonly Agent
   const pools = buildPools(agents, opts);
   const assignments: Assignment[] = [];
   const preemptions: Preemption[] = [];
-  const waits: [PendingTask, WaitKind][] = [];
+  const waitTasks: PendingTask[] = [];
+  const waitReasons: WaitReason[] = [];
+  const wait = (task: PendingTask, why: WaitReason) => {
+    waitTasks.push(task);
+    waitReasons.push(why);
+  };
+  const noAgents = new Map<string, WaitReason>();
   for (const task of [...pending].sort(byPriorityThenFifo)) {
     const pool = pools.get(task.pool);
     if (!pool) {
-      waits.push([task, { kind: 'no-agents', pool: task.pool }]);
+      let why = noAgents.get(task.pool);
+      if (!why) noAgents.set(task.pool, (why = new WaitReason({ kind: 'no-agents', pool: task.pool })));
+      wait(task, why);
       continue;
     }
     const st = pool.state;
@@ -54,11 +67,11 @@ export function schedule(pending: readonly PendingTask[], agents: readonly Agent
       if (a) {
         a.zero++;
         assignments.push({ taskId: task.id, agentId: a.id, slotIds: [] });
-      } else waits.push([task, { kind: 'zero-cap', pool: st }]);
+      } else wait(task, pool.zeroCap);
       continue;
     }
     if (k > st.largest) {
-      waits.push([task, { kind: 'too-big', pool: st }]);
+      wait(task, pool.tooBig);
       continue;
     }
     const fit = st.fit(k);
@@ -66,18 +79,19 @@ export function schedule(pending: readonly PendingTask[], agents: readonly Agent
       assignments.push({ taskId: task.id, agentId: fit.id, slotIds: st.take(fit, k) });
       continue;
     }
-    const claimed = claim(pool, k);
-    if (claimed) {
-      waits.push([task, { kind: 'preempted', pool: st, agent: claimed }]);
-      continue;
-    }
-    const evicted = st.policy.preemption ? preempt(pool, task, preemptions) : undefined;
-    waits.push([task, evicted ? { kind: 'preempted', pool: st, agent: evicted } : { kind: 'slots', pool: st }]);
+    const waitsOn = claim(pool, k) ?? (st.policy.preemption ? preempt(pool, task, preemptions) : undefined);
+    wait(task, waitsOn ? preemptedReason(pool, waitsOn) : pool.noSlots);
   }
-  const reasons = new WaitReasons();
+  // Worded now, from the state at the end of the pass.
   const waiting = new Map<string, string>();
-  for (const [task, why] of waits) waiting.set(task.id, reasons.text(why, task.slots));
+  for (let i = 0; i < waitTasks.length; i++) waiting.set(waitTasks[i].id, waitReasons[i].text(waitTasks[i].slots));
   return { assignments, waiting, preemptions };
+}
+
+function preemptedReason(pool: PoolPass, agent: AgentState): WaitReason {
+  let why = pool.preempted.get(agent);
+  if (!why) pool.preempted.set(agent, (why = new WaitReason({ kind: 'preempted', agent })));
+  return why;
 }
 
 /** Claims slots that tasks already being preempted will free (plus free slots there), if some agent has enough. */
@@ -98,6 +112,7 @@ function claim(pool: PoolPass, k: number): AgentState | undefined {
     return undefined;
   }
   best.toBeFreed -= Math.min(best.toBeFreed, k);
+  best.version++;
   pool.state.reserve(best, bestFromFree);
   return best;
 }
@@ -116,7 +131,6 @@ function preempt(pool: PoolPass, task: PendingTask, out: Preemption[]): AgentSta
     v.taken = true;
     out.push({ taskId: v.id, forTaskId: task.id, agentId: a.id });
   }
-  pool.preemptable.update(a);
   if (a.stopping === 0) pool.stopping.push(a);
   a.stopping += plan.victims.length;
   // The task uses the victims' slots first, then slots already to be freed, then free slots.
@@ -125,7 +139,11 @@ function preempt(pool: PoolPass, task: PendingTask, out: Preemption[]): AgentSta
   const fromFree = k - fromVictims - fromToBeFreed;
   const left = plan.slots - fromVictims;
   a.toBeFreed += left - fromToBeFreed;
-  if (left > 0) pool.noClaimFrom = Infinity;
+  a.version++;
+  if (left > 0) {
+    pool.noClaimFrom = Infinity;
+    pool.preemptable.improve(a);
+  }
   pool.state.reserve(a, fromFree);
   return a;
 }
@@ -144,8 +162,8 @@ function buildPools(agents: readonly AgentCapacity[], opts: ScheduleOptions): Ma
   for (const a of sorted) {
     if (byId.has(a.id)) continue; // a duplicate id is a caller bug; the first (in id order) wins
     const list = byPool.get(a.pool) ?? [];
-    const free = [...a.freeSlotIds].sort((x, y) => x - y);
-    const state: AgentState = { id: a.id, index: list.length, total: a.slotIds.length, free, head: 0, tail: free.length, zero: a.zeroSlotTasks ?? 0, toBeFreed: 0, stopping: 0, victims: [] };
+    const free = sortedCopy(a.freeSlotIds);
+    const state: AgentState = { id: a.id, index: list.length, total: a.slotIds.length, free, head: 0, tail: free.length, zero: a.zeroSlotTasks ?? 0, toBeFreed: 0, stopping: 0, victims: [], version: 0 };
     list.push(state);
     byPool.set(a.pool, list);
     byId.set(a.id, { state, input: a });
@@ -169,13 +187,24 @@ function buildPools(agents: readonly AgentCapacity[], opts: ScheduleOptions): Ma
   const pools = new Map<string, PoolPass>();
   for (const [name, list] of byPool) {
     for (const a of list) a.victims.sort(byLeastImportant);
+    const state = new PoolState(name, policyOf(opts, name), list);
     pools.set(name, {
-      state: new PoolState(name, policyOf(opts, name), list),
+      state,
       stopping: list.filter((a) => a.stopping > 0),
       preemptable: new PreemptionIndex(list),
       noClaimFrom: Infinity,
       noPreemptFrom: Infinity,
+      tooBig: new WaitReason({ kind: 'too-big', pool: state }),
+      noSlots: new WaitReason({ kind: 'slots', pool: state }),
+      zeroCap: new WaitReason({ kind: 'zero-cap', pool: state }),
+      preempted: new Map(),
     });
   }
   return pools;
+}
+
+function sortedCopy(xs: readonly number[]): number[] {
+  const out = xs.slice();
+  for (let i = 1; i < out.length; i++) if (out[i - 1] > out[i]) return out.sort((x, y) => x - y);
+  return out;
 }

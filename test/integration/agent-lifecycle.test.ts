@@ -21,9 +21,13 @@ describe('agent and slot lifecycle (in-process master, scripted agents)', functi
   let m: InProcessMaster;
   let agents: RawAgent[] = [];
 
-  const start = async (graceMs = 60_000) => {
-    m = await startInProcessMaster({ dbFile: path.join(tmp, 'determined.db'), token: TOKEN, clusterName: 'lifecycle', graceMs, pools: [{ name: 'default', description: '' }] });
+  const start = async (graceMs = 60_000, preemption = false) => {
+    m = await startInProcessMaster({
+      dbFile: path.join(tmp, 'determined.db'), token: TOKEN, clusterName: 'lifecycle', graceMs,
+      pools: [{ name: 'default', description: '', scheduler: { fitting: 'best', preemption, maxZeroSlotTasksPerAgent: 100 } }],
+    });
   };
+  const withPriority = (yamlText: string, priority: number) => yamlText.replace('resources:\n', `resources:\n  priority: ${priority}\n`);
   const connect = () => {
     const a = RawAgent.connect(m.address, { token: TOKEN });
     agents.push(a);
@@ -164,5 +168,43 @@ describe('agent and slot lifecycle (in-process master, scripted agents)', functi
     const s2 = await back.next('start');
     assert.equal(s2.spec.trialId, next.trial.id);
     assert.deepEqual((await getAgent('agent-1')).fencedAllocationIds, []);
+  });
+
+  it('preemption: a higher-priority trial stops a lower-priority one, which is requeued with its restart count untouched and runs later', async () => {
+    await start(60_000, true);
+    const a1 = connect();
+    await a1.registerAndWait(registration('agent-1', { devices: cpuDevices(1) }));
+    const low = await createExperiment(m, withPriority(yaml('low'), 80));
+    const s1 = await a1.next('start');
+    a1.runUp(s1.spec.allocationId);
+    await waitTrial(m, low.trial.id, 'RUNNING');
+
+    const high = await createExperiment(m, withPriority(yaml('high'), 10));
+    const kill = await a1.next('kill');
+    assert.deepEqual(kill, { kind: 'kill', allocationId: s1.spec.allocationId, signal: 'SIGTERM', gracePeriodMs: 3_000 });
+    assert.match((await getTrial(m, high.trial.id)).message, /waiting for 1 preempted task/);
+    a1.exit(s1.spec.allocationId, 143, 'KILLED');
+    const s2 = await a1.next('start');
+    assert.equal(s2.spec.trialId, high.trial.id);
+    const requeued = await waitTrial(m, low.trial.id, 'QUEUED');
+    assert.equal(requeued.restarts, 0);
+    a1.runUp(s2.spec.allocationId);
+    a1.exit(s2.spec.allocationId, 0);
+    const s3 = await a1.next('start');
+    assert.equal(s3.spec.trialId, low.trial.id);
+    assert.equal(s3.spec.env.DET_TRIAL_RESTARTS, '0');
+  });
+
+  it('without preemption in the pool, a higher-priority trial waits', async () => {
+    await start(60_000, false);
+    const a1 = connect();
+    await a1.registerAndWait(registration('agent-1', { devices: cpuDevices(1) }));
+    const low = await createExperiment(m, withPriority(yaml('low'), 80));
+    const s1 = await a1.next('start');
+    a1.runUp(s1.spec.allocationId);
+    await waitTrial(m, low.trial.id, 'RUNNING');
+    const high = await createExperiment(m, withPriority(yaml('high'), 10));
+    await waitFor(async () => /waiting for 1 free slot/.test((await getTrial(m, high.trial.id)).message), { ...API_WAIT, what: 'the high-priority trial to wait' });
+    assert.ok(!a1.received.some((x) => x.kind === 'kill'));
   });
 });

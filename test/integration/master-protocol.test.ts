@@ -506,6 +506,9 @@ describe('master agent protocol (in-process master, scripted agents)', function 
       const again = connect(m);
       const info = await again.registerAndWait(registration('agent-1', { devices: cpuDevices(2), containers: [report(allocationId, 'RUNNING')] }));
       assert.deepEqual(info.expectedAllocationIds, []);
+      // Fenced: nothing new until the agent reports the stale container gone (it kills it on Registered).
+      await assert.rejects(again.next('start', 300), /timed out/);
+      again.exit(allocationId, 137, 'KILLED');
       const { spec } = await again.next('start');
       assert.equal(spec.allocationId, `${taskId}.1`);
       again.runUp(spec.allocationId);

@@ -3,6 +3,7 @@
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { CheckpointStorageSpec } from '../../common/types';
+import type { PoolPolicy } from '../../master/scheduler/scheduler';
 import { createLogger, type Logger } from '../../common/log';
 import { apiProto } from '../../common/proto/load';
 import type { DeterminedClient } from '../../common/proto-gen/determined/api/v1/Determined';
@@ -17,7 +18,7 @@ export interface InProcessMasterOptions {
   dbFile: string;
   token: string;
   clusterName: string;
-  pools: { name: string; description: string }[];
+  pools: { name: string; description: string; scheduler?: PoolPolicy }[];
   graceMs?: number;
   /** Default checkpoint_storage (default: shared_fs in a "checkpoints" directory next to dbFile). */
   checkpointStorage?: CheckpointStorageSpec;

@@ -104,7 +104,7 @@ describe('config pipeline', () => {
           clusterName: 'determined',
           agentToken: undefined,
           tls: undefined,
-          resourcePools: [{ name: 'default', description: '', provider: undefined }],
+          resourcePools: [{ name: 'default', description: '', provider: undefined, scheduler: { fitting: 'best', preemption: false, maxZeroSlotTasksPerAgent: 100 } }],
           defaultResourcePool: 'default',
           agentReconnectGraceMs: 30_000,
           logLevel: 'info',
@@ -214,6 +214,12 @@ describe('config pipeline', () => {
       assert.equal(o.workDir, '/srv/det');
       assert.equal(o.dataCacheMaxBytes, 1024);
       assert.match(configError(() => loadAgentOptions({ configFile: file('work_dir: rel/dir\n'), layer: {} }, {})), /work_dir: must be an absolute path/);
+    });
+
+    it('master config takes a pool scheduler policy and rejects unknown ones', () => {
+      const c = loadMasterConfig({ configFile: file('resource_pools:\n  - pool_name: gpu\n    scheduler: {fitting_policy: worst, preemption: true}\n'), layer: {} }, {});
+      assert.deepEqual(c.resourcePools[0].scheduler, { fitting: 'worst', preemption: true, maxZeroSlotTasksPerAgent: 100 });
+      assert.match(configError(() => loadMasterConfig({ configFile: file('resource_pools:\n  - pool_name: gpu\n    scheduler: {fitting_policy: tight}\n'), layer: {} }, {})), /resource_pools\.0\.scheduler\.fitting_policy/);
     });
 
     it('master config takes checkpoint_storage and rejects a bad one', () => {
