@@ -163,5 +163,12 @@ export const CONTAINER_LABELS = {
   allocation: 'ai.det.allocation-id',
 } as const;
 
+// Set by scripts/bundle-agent.ts (esbuild define) in the one-file agent bundle; absent when run from dist/.
+declare const __DET_VERSION__: string | undefined;
+declare const __DET_COMMIT__: string | undefined;
+
 /** The software version of every det process. */
-export const VERSION: string = (require('../../package.json') as { version: string }).version;
+export const VERSION: string = typeof __DET_VERSION__ === 'string' ? __DET_VERSION__ : (require('../../package.json') as { version: string }).version;
+
+/** The git commit the agent bundle was built from; "unknown" when not run from a bundle. */
+export const COMMIT: string = typeof __DET_COMMIT__ === 'string' ? __DET_COMMIT__ : 'unknown';

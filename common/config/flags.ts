@@ -1,7 +1,7 @@
 // Command-line flags of the daemons, declared as a table: each flag sets one
 // config key, so flags join the config pipeline as its last layer.
 import { Command, InvalidArgumentError } from 'commander';
-import { VERSION } from '../types';
+import { COMMIT, VERSION } from '../types';
 import { setPath, type ConfigLayer } from './pipeline';
 
 /** One flag: commander syntax, the dotted config key it sets, and its help text. */
@@ -30,7 +30,7 @@ function integer(v: string): number {
 export function parseDaemonFlags(name: string, description: string, defaultConfigFile: string, specs: FlagSpec[], argv: string[]): ParsedFlags {
   const program = new Command(name)
     .description(description)
-    .version(VERSION, '-v, --version')
+    .version(`${name} ${VERSION} (commit ${COMMIT})`, '-v, --version')
     .option('--config-file <path>', `YAML config file (default ${defaultConfigFile} if present)`)
     .exitOverride();
   const attr = (spec: FlagSpec) => program.createOption(spec.flags, spec.description).attributeName();

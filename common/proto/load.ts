@@ -16,11 +16,20 @@ export const PROTO_ROOT = path.resolve(__dirname, '..', '..', '..', 'proto');
 /** File names of the services, relative to PROTO_ROOT. */
 export const PROTO_FILES = { agent: 'determined/agent/v1/agent.proto', api: 'determined/api/v1/api.proto' } as const;
 
+/**
+ * The .proto files as protobufjs JSON, built into the one-file agent bundle by
+ * scripts/bundle-agent.ts (esbuild define): the bundle ships no proto/ directory.
+ */
+declare const __DET_PROTO_JSON__: Parameters<typeof protoLoader.fromJSON>[0] | undefined;
+
 let cache: { agent: AgentProto; api: ApiProto; definitions: protoLoader.PackageDefinition } | undefined;
 
 function load() {
   if (!cache) {
-    const definitions = protoLoader.loadSync([PROTO_FILES.agent, PROTO_FILES.api], { ...LOADER_OPTIONS, includeDirs: [PROTO_ROOT] });
+    const definitions =
+      typeof __DET_PROTO_JSON__ === 'object'
+        ? protoLoader.fromJSON(__DET_PROTO_JSON__, LOADER_OPTIONS)
+        : protoLoader.loadSync([PROTO_FILES.agent, PROTO_FILES.api], { ...LOADER_OPTIONS, includeDirs: [PROTO_ROOT] });
     const pkg = grpc.loadPackageDefinition(definitions);
     cache = { agent: pkg as unknown as AgentProto, api: pkg as unknown as ApiProto, definitions };
   }

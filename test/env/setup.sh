@@ -5,6 +5,10 @@
 #   - a private PostgreSQL instance on 127.0.0.1 with role det/det and database det_test,
 #   - s3rver (the project's devDependency) on 127.0.0.1, an S3 API with no buckets,
 #   - a busybox base image, imported locally and pushed to the registry,
+#   - for the local AMI bake test (test/e2e/ami-bake.test.ts): a Debian minbase image with systemd
+#     (debootstrap, imported into the test dockerd) and a local apt repository with the packages
+#     packer/scripts install, both downloaded once from the mirror in this machine's apt sources and
+#     cached under $DET_TEST_CACHE_DIR (the test itself only talks to 127.0.0.1),
 # and writes $DIR/env.sh with the variables the tests read (see test/support/env.ts).
 #
 # Idempotent: whatever a previous run in the same dir started and still answers is reused.
@@ -20,6 +24,7 @@
 #   DET_TEST_S3_PORT         s3rver port on 127.0.0.1 (default 4569)
 #   DET_TESTENV_WAIT_S       how long to wait for each service to answer (default 60)
 #   DET_TESTENV_USER         pid of the test run (with-testenv.sh) that will use the services
+#   DET_TEST_CACHE_DIR       downloads kept between runs (default /var/cache/det-test)
 set -euo pipefail
 
 DIR="${DET_TESTENV_DIR:-/tmp/det-testenv}"
@@ -36,12 +41,16 @@ PG_DATA="${DIR}/pgdata"
 PG_RUN="${DIR}/pgrun"
 PG_URL="postgres://det:det@127.0.0.1:${PG_PORT}/det_test"
 S3_ENDPOINT="http://127.0.0.1:${S3_PORT}"
-S3RVER_JS="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/node_modules/s3rver/bin/s3rver.js"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+S3RVER_JS="$REPO_ROOT/node_modules/s3rver/bin/s3rver.js"
 OTHER_USERS=""
 
 # Packages the test environment needs (Debian 12 names).
 # awscli: the storage tests check that what we write is readable by a standard S3 client.
-APT_PACKAGES=(docker.io docker-registry busybox-static postgresql openssl curl awscli)
+# rclone: the reference of the checkpoint upload benchmark (npm run bench:s3-sync), beside awscli.
+# packer, shellcheck, systemd (systemd-analyze): the packer/ template, scripts and unit are checked;
+# debootstrap, dpkg-dev (dpkg-scanpackages): the local bake test's base image and apt repository.
+APT_PACKAGES=(docker.io docker-registry busybox-static postgresql openssl curl awscli rclone packer shellcheck systemd debootstrap dpkg-dev)
 
 now_us() { local t="${EPOCHREALTIME//[.,]/}"; printf '%s' "$t"; }
 START_US="$(now_us)"
@@ -86,6 +95,12 @@ missing_packages() {
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
   command -v aws >/dev/null 2>&1 || missing+=(awscli)
+  command -v rclone >/dev/null 2>&1 || missing+=(rclone)
+  command -v packer >/dev/null 2>&1 || missing+=(packer)
+  command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+  command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+  command -v dpkg-scanpackages >/dev/null 2>&1 || missing+=(dpkg-dev)
   if ((${#missing[@]})); then printf '%s\n' "${missing[@]}"; fi
 }
 
@@ -572,6 +587,125 @@ remove_stale_containers() {
   fi
 }
 
+# ---------------------------------------------------------------------------------------------
+# Local AMI bake (test/e2e/ami-bake.test.ts): a Debian minbase image with systemd (the stand-in for
+# a stock cloud image) and a flat apt repository holding the packages packer/scripts install, both
+# downloaded once from the mirror this machine's apt sources name and cached under CACHE_DIR. The
+# test serves the repository on 127.0.0.1; nothing in the test reaches further.
+# ---------------------------------------------------------------------------------------------
+CACHE_DIR="${DET_TEST_CACHE_DIR:-/var/cache/det-test}"
+# Bump when the way the cache is built changes (the key includes it).
+BAKE_RECIPE=1
+BAKE_INCLUDE=systemd,systemd-sysv
+BAKE_IMAGE_REPO=det-test/bake-base
+
+# The first repository URI of this machine's apt sources for SUITE's main component.
+apt_mirror() {
+  # shellcheck disable=SC2016 # apt's format fields, not shell
+  apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT)' 'Created-By: Packages' 2>/dev/null |
+    awk -v s="$1" '$2 == s && $3 == "main" { print $1; exit }'
+}
+
+# build_bake_cache DIR SUITE ARCH MIRROR PACKAGES...: DIR/rootfs.tar and DIR/apt-repo/. Every step
+# is checked explicitly: callers run this in an `if` (where set -e does not apply).
+build_bake_cache() {
+  local dir=$1 suite=$2 arch=$3 mirror=$4 rootfs
+  shift 4
+  rootfs="$dir/rootfs"
+  log "debootstrap --variant=minbase $suite ($arch) from $mirror (a few minutes, once)"
+  timeout 1800 debootstrap --variant=minbase --include="$BAKE_INCLUDE" --arch "$arch" "$suite" "$rootfs" "$mirror" \
+    >"$dir/debootstrap.log" 2>&1 || {
+    tail_log "$dir/debootstrap.log"
+    return 1
+  }
+  log "downloading $* and their dependencies into a local apt repository"
+  cp -L /etc/resolv.conf "$rootfs/etc/resolv.conf" || return 1
+  # debootstrap leaves the base system's .debs in apt's cache: the repository gets only the rest.
+  {
+    chroot "$rootfs" apt-get clean &&
+      timeout 900 chroot "$rootfs" apt-get -q update &&
+      timeout 900 chroot "$rootfs" apt-get -q install -y --download-only --no-install-recommends "$@"
+  } >"$dir/download.log" 2>&1 || {
+    tail_log "$dir/download.log"
+    return 1
+  }
+  mkdir -p "$dir/apt-repo" &&
+    mv "$rootfs"/var/cache/apt/archives/*.deb "$dir/apt-repo/" &&
+    (cd "$dir/apt-repo" && dpkg-scanpackages --multiversion . /dev/null >Packages 2>"$dir/scan.log" && gzip -9kf Packages) ||
+    return 1
+  chroot "$rootfs" apt-get clean &&
+    rm -rf "$rootfs"/var/lib/apt/lists/* &&
+    : >"$rootfs/etc/resolv.conf" &&
+    tar --numeric-owner -C "$rootfs" -cf "$dir/rootfs.tar" . &&
+    rm -rf "$rootfs"
+}
+
+# Prepares (or finds cached) the bake base and repository; on success writes $DIR/bake-env.sh.
+prepare_bake_inner() {
+  local suite arch mirror key packages=() base dir tag
+  rm -f "$DIR/bake-env.sh"
+  ((EUID == 0)) || { printf 'the local bake cache needs root (debootstrap, chroot)\n'; return 1; }
+  # shellcheck source=/dev/null
+  suite="$(. /etc/os-release && printf '%s' "${VERSION_CODENAME:-}")"
+  [[ -n "$suite" ]] || { printf 'no VERSION_CODENAME in /etc/os-release\n'; return 1; }
+  arch="$(dpkg --print-architecture)"
+  mapfile -t packages < <(bash "$REPO_ROOT/packer/scripts/install-docker.sh" --list-packages)
+  ((${#packages[@]})) || { printf 'packer/scripts/install-docker.sh --list-packages printed nothing\n'; return 1; }
+  key="$(printf 'recipe=%s suite=%s arch=%s include=%s packages=%s\n' "$BAKE_RECIPE" "$suite" "$arch" "$BAKE_INCLUDE" "${packages[*]}" |
+    sha256sum | cut -c1-16)"
+  base="$CACHE_DIR/bake"
+  dir="$base/$suite-$arch-$key"
+  mkdir -p "$base"
+  exec 8>"$base/.lock"
+  flock -w 3600 8 || { printf 'another setup holds %s/.lock\n' "$base"; return 1; }
+  # Half-built caches of setups that were killed.
+  rm -rf "$base"/.build-*
+  if [[ -f "$dir/rootfs.tar" && -s "$dir/apt-repo/Packages" ]]; then
+    log "bake base and apt repository cached in $dir"
+  else
+    mirror="$(apt_mirror "$suite")"
+    [[ -n "$mirror" ]] || { printf 'no apt source for %s main in the apt sources of this machine (apt-get indextargets)\n' "$suite"; return 1; }
+    local tmp="$base/.build-$$"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    if ! build_bake_cache "$tmp" "$suite" "$arch" "$mirror" "${packages[@]}"; then
+      mv "$tmp"/*.log "$DIR/" 2>/dev/null || true
+      rm -rf "$tmp"
+      printf 'building the bake cache failed (logs in %s)\n' "$DIR"
+      return 1
+    fi
+    # Older caches of this suite are of no more use.
+    find "$base" -mindepth 1 -maxdepth 1 -type d -name "$suite-$arch-*" -exec rm -rf {} +
+    mv "$tmp" "$dir" || { printf 'cannot move %s to %s\n' "$tmp" "$dir"; return 1; }
+    log "bake cache ready in $dir"
+  fi
+  tag="$BAKE_IMAGE_REPO:$suite-$key"
+  if docker_cli image inspect "$tag" >/dev/null 2>&1; then
+    log "image $tag present"
+  else
+    log "importing $tag"
+    docker_cli import -c 'CMD ["/bin/bash"]' -m "det-test bake base ($suite minbase + $BAKE_INCLUDE; test/env/setup.sh)" \
+      "$dir/rootfs.tar" "$tag" >/dev/null || { printf 'docker import of %s failed\n' "$dir/rootfs.tar"; return 1; }
+    # Bases of older caches.
+    docker_cli image ls --format '{{.Repository}}:{{.Tag}}' "$BAKE_IMAGE_REPO" | grep -vxF "$tag" |
+      xargs -r docker -H "unix://$DOCKER_SOCK" rmi >/dev/null 2>&1 || true
+  fi
+  {
+    printf 'export DET_TEST_BAKE_BASE_IMAGE=%q\n' "$tag"
+    printf 'export DET_TEST_BAKE_APT_REPO=%q\n' "$dir/apt-repo"
+  } >"$DIR/bake-env.sh"
+}
+
+# A failure does not stop the other suites: the bake test fails with DET_TEST_BAKE_ERROR instead.
+prepare_bake() {
+  local out
+  rm -f "$DIR/bake-error"
+  if ! out="$(prepare_bake_inner)"; then
+    printf '%s\n' "${out:-preparing the local bake failed}" >"$DIR/bake-error"
+    log "WARNING: local bake not prepared: $(cat "$DIR/bake-error")"
+  fi
+}
+
 write_env() {
   local tmp="$DIR/env.sh.tmp"
   {
@@ -584,6 +718,8 @@ write_env() {
     printf 'export DET_TEST_LOCAL_IMAGE=%q\n' "$LOCAL_IMAGE"
     printf 'export DET_TEST_PG_URL=%q\n' "$PG_URL"
     printf 'export DET_TEST_S3_ENDPOINT=%q\n' "$S3_ENDPOINT"
+    if [[ -f "$DIR/bake-env.sh" ]]; then cat "$DIR/bake-env.sh"; fi
+    if [[ -f "$DIR/bake-error" ]]; then printf 'export DET_TEST_BAKE_ERROR=%q\n' "$(cat "$DIR/bake-error")"; fi
   } >"$tmp"
   mv -f "$tmp" "$DIR/env.sh"
 }
@@ -616,6 +752,7 @@ main() {
   start_s3
   remove_stale_containers
   build_image
+  prepare_bake
   write_env
   # with-testenv.sh passes its pid, so that teardown knows when the last run is done.
   if [[ -n "${DET_TESTENV_USER:-}" ]]; then register_user "$DET_TESTENV_USER"; fi
