@@ -1,23 +1,21 @@
 // DataCache against the real s3rver of the test environment: fixtures are uploaded with a plain
 // S3 client (and awscli), synced into a cache in a temp dir, and the views are read back from disk.
 import { strict as assert } from 'node:assert';
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { promisify } from 'node:util';
 import { DeleteObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { DataCache, type DataCacheOptions, type PreparedInput } from '../../agent/data';
 import { DetError } from '../../common/errors';
 import { createLogger } from '../../common/log';
 import type { DataInput } from '../../common/types';
+import { awsCli } from '../support/awscli';
 import { testEnv } from '../support/env';
 import { createTestBucket, deleteTestBucket, S3_TEST_REGION, S3RVER_CREDENTIALS, testS3Client } from '../support/s3';
 
-const execFileP = promisify(execFile);
 
 /** Every regular file under `dir` as relative path -> content. */
 async function readTree(dir: string): Promise<Map<string, Buffer>> {
@@ -414,26 +412,7 @@ describe('data inputs: DataCache against s3rver', function () {
   });
 
   describe('interoperability with awscli', () => {
-    const aws = async (...args: string[]) => {
-      const env: NodeJS.ProcessEnv = {
-        ...process.env,
-        AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
-        AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
-        AWS_DEFAULT_REGION: S3_TEST_REGION,
-        AWS_CONFIG_FILE: '/dev/null',
-        AWS_SHARED_CREDENTIALS_FILE: '/dev/null',
-        AWS_EC2_METADATA_DISABLED: 'true',
-        AWS_PAGER: '',
-      };
-      try {
-        return await execFileP('aws', [...args, '--endpoint-url', testEnv().s3Endpoint], { env, timeout: 60_000, maxBuffer: 16 * 1024 * 1024 });
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-          throw new Error('awscli (`aws`) is not on PATH: test/env/setup.sh installs it (apt-get install -y awscli)');
-        }
-        throw err;
-      }
-    };
+    const aws = awsCli;
 
     it('what `aws s3 cp --recursive` uploads is what shows up in the view', async () => {
       const p = `awscli-${randomBytes(3).toString('hex')}`;

@@ -3,14 +3,12 @@
 // behaviour (symlinks escaping the root, keys planted by a standard S3 client, S3 error
 // messages, awscli interoperability) follows the shared suite.
 import { strict as assert } from 'node:assert';
-import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
-import { promisify } from 'node:util';
 import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { DetError } from '../../common/errors';
 import {
@@ -21,10 +19,10 @@ import {
   type CheckpointStorageKind,
 } from '../../common/storage';
 import { PART_SIZE } from '../../common/storage/s3';
+import { awsCli } from '../support/awscli';
 import { testEnv } from '../support/env';
 import { createTestBucket, deleteTestBucket, S3_TEST_REGION, S3RVER_CREDENTIALS, testS3Client } from '../support/s3';
 
-const execFileP = promisify(execFile);
 const PREFIX = 'team-a/exp-1';
 const LIST_PAGE = 7;
 
@@ -407,26 +405,7 @@ describe('checkpoint storage', function () {
     });
 
     describe('interoperability with awscli', () => {
-      const awsEnv = (): NodeJS.ProcessEnv => ({
-        ...process.env,
-        AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
-        AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
-        AWS_DEFAULT_REGION: S3_TEST_REGION,
-        AWS_CONFIG_FILE: '/dev/null',
-        AWS_SHARED_CREDENTIALS_FILE: '/dev/null',
-        AWS_EC2_METADATA_DISABLED: 'true',
-        AWS_PAGER: '',
-      });
-      const aws = async (...args: string[]) => {
-        try {
-          return await execFileP('aws', [...args, '--endpoint-url', testEnv().s3Endpoint], { env: awsEnv(), timeout: 60_000, maxBuffer: 64 * 1024 * 1024, encoding: 'buffer' });
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-            throw new Error('awscli (`aws`) is not on PATH: test/env/setup.sh installs it (apt-get install -y awscli)');
-          }
-          throw err;
-        }
-      };
+      const aws = awsCli;
 
       it('what the storage writes, aws s3 reads; what aws s3 writes, the storage reads', async () => {
         const dir = mkdtempSync(path.join(tmpdir(), 'det-awscli-'));
