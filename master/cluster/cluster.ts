@@ -375,7 +375,7 @@ export class Cluster {
       if (entry.fenced.size > 0) this.log.warn('agent still runs containers of requeued allocations; no new work until they are gone', { agent: entry.id, allocations: [...entry.fenced] });
       entry.idleSinceMs = this.runningTasksOn(entry.id) === 0 ? entry.idleSinceMs ?? Date.now() : null;
       this.changed(entry.pool);
-      const timing = heartbeatTiming(this.agents.connectedCount());
+      const timing = heartbeatTiming(this.agents.all().length);
       this.log.info('agent registered', { agent: entry.id, pool: entry.pool, slots: entry.devices.length, address: channel.address, reattached: expected.length });
       this.requestSchedule();
       return { registered: { masterId: this.masterId, clusterId: this.clusterId, heartbeatTtlMs: timing.ttlMs, heartbeatIntervalMs: timing.intervalMs, expectedAllocationIds: expected }, commands };
