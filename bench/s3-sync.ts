@@ -21,15 +21,17 @@ import { COMPLETE_MARKER } from '../common/checkpoints/contract';
 import { createLogger } from '../common/log';
 import { S3Storage } from '../common/storage';
 import { PART_SIZE, QUEUE_SIZE } from '../common/storage/s3';
+import { s3TestProcessEnv } from '../test/support/awscli';
 import { testEnv } from '../test/support/env';
+import { S3_TEST_REGION, S3RVER_CREDENTIALS } from '../test/support/s3';
 
 /** Our throughput must be at least this multiple of awscli's. */
 const TARGET_RATIO_VS_AWSCLI = 1.5;
 /** Re-uploading unchanged data may take at most this fraction of the full upload. */
 const TARGET_RESYNC_FRACTION = 0.05;
 /** s3rver's fixed credentials and the region we sign for. */
-const CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
-const REGION = 'us-east-1';
+const CREDENTIALS = S3RVER_CREDENTIALS;
+const REGION = S3_TEST_REGION;
 const MiB = 1024 * 1024;
 /** A tool run that takes longer than this is an error, not a sample. */
 const RUN_TIMEOUT_MS = 30 * 60_000;
@@ -50,7 +52,7 @@ const USAGE = `usage: node dist/bench/s3-sync.js [options]
   --small-files N       number of small files (default 2000)
   --small-kib N         size of each small file in KiB (default 100); the large files share the rest
   --large-files N       number of large files (default 4)
-  --file-concurrency N  our uploader's files in flight (default 8)
+  --file-concurrency N  our uploader's files in flight (default 16, the uploader's default)
   --rounds N            full upload + re-sync rounds of each tool, interleaved (default 1)
   --json                print only one JSON object on stdout (progress goes to stderr)`;
 
@@ -84,7 +86,7 @@ function parseOptions(argv: string[]): Options {
     smallFiles: int('small-files', values['small-files'], 2000, 0),
     smallKiB: int('small-kib', values['small-kib'], 100, 1),
     largeFiles: int('large-files', values['large-files'], 4, 1),
-    fileConcurrency: int('file-concurrency', values['file-concurrency'], 8, 1),
+    fileConcurrency: int('file-concurrency', values['file-concurrency'], 16, 1),
     rounds: int('rounds', values.rounds, 1, 1),
     json: values.json ?? false,
   };
@@ -166,16 +168,7 @@ function runTool(bin: string, args: string[], env: NodeJS.ProcessEnv): Promise<v
 }
 
 function awsEnv(): NodeJS.ProcessEnv {
-  return {
-    ...process.env,
-    AWS_ACCESS_KEY_ID: CREDENTIALS.accessKeyId,
-    AWS_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey,
-    AWS_DEFAULT_REGION: REGION,
-    AWS_CONFIG_FILE: '/dev/null',
-    AWS_SHARED_CREDENTIALS_FILE: '/dev/null',
-    AWS_EC2_METADATA_DISABLED: 'true',
-    AWS_PAGER: '',
-  };
+  return { ...process.env, ...s3TestProcessEnv() };
 }
 
 /** rclone with a remote named "bench" configured entirely through the environment. */
@@ -198,10 +191,61 @@ function rcloneEnv(endpoint: string, configFile: string): NodeJS.ProcessEnv {
   };
 }
 
-/** One tool's timings in seconds. */
+/** One tool's full upload and unchanged re-sync: wall seconds, and CPU seconds of the tool and of s3rver during the full upload. */
 interface ToolRun {
   fullS: number;
   resyncS: number;
+  clientCpuS: number;
+  serverCpuS?: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU accounting: on 2 cores the tools and s3rver compete for CPU, so CPU seconds explain the
+// wall times. Ours: process.cpuUsage() (all threads). The CLIs: this process's reaped-children
+// time from /proc/self/stat. s3rver: its /proc/<pid>/stat, when test/env left a pid file.
+// ---------------------------------------------------------------------------------------------
+
+/** Linux USER_HZ: /proc times are in 1/100 s. */
+const CLOCK_TICKS = 100;
+
+function procCpuSeconds(pid: number | 'self', children: boolean): number | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // After the comm field: utime, stime, cutime, cstime are fields 12-15 (0-based 11-14).
+    const ticks = children ? Number(f[13]) + Number(f[14]) : Number(f[11]) + Number(f[12]);
+    return ticks / CLOCK_TICKS;
+  } catch {
+    return undefined;
+  }
+}
+
+function s3rverPid(): number | undefined {
+  try {
+    const pid = Number(fs.readFileSync(path.join(process.env.DET_TESTENV_DIR ?? '/tmp/det-testenv', 's3rver.pid'), 'utf8').trim());
+    return Number.isInteger(pid) && procCpuSeconds(pid, false) !== undefined ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** CPU seconds used by `what` while `fn` runs. */
+async function measureCpu<T>(fn: () => Promise<T>, server: number | undefined): Promise<{ value: T; wallS: number; selfCpuS: number; childCpuS: number; serverCpuS?: number }> {
+  const self0 = process.cpuUsage();
+  const child0 = procCpuSeconds('self', true) ?? 0;
+  const server0 = server === undefined ? undefined : procCpuSeconds(server, false);
+  const t0 = performance.now();
+  const value = await fn();
+  const wallS = seconds(t0);
+  const self = process.cpuUsage(self0);
+  const server1 = server === undefined ? undefined : procCpuSeconds(server, false);
+  return {
+    value,
+    wallS,
+    selfCpuS: (self.user + self.system) / 1e6,
+    childCpuS: (procCpuSeconds('self', true) ?? 0) - child0,
+    serverCpuS: server0 !== undefined && server1 !== undefined ? server1 - server0 : undefined,
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -268,6 +312,7 @@ async function main(): Promise<number> {
     if (interrupted) throw new Error('interrupted');
   };
   try {
+    const loadBefore = os.loadavg()[0];
     note(`generating ${opts.sizeMiB} MiB: ${opts.largeFiles} large files + ${opts.smallFiles} x ${opts.smallKiB} KiB in ${work}`);
     const data = generate(work, opts);
     await client.send(new CreateBucketCommand({ Bucket: bucket }));
@@ -276,6 +321,12 @@ async function main(): Promise<number> {
     const aws: ToolRun[] = [];
     const rclone: ToolRun[] = [];
     const hashStats: { hits: number; misses: number }[] = [];
+    const server = s3rverPid();
+    const describe = (name: string, r: number, run: ToolRun, resyncWhat: string) =>
+      note(
+        `round ${r + 1}: ${name.padEnd(7)} ${run.fullS.toFixed(2)} s (${(data.bytes / 1e6 / run.fullS).toFixed(1)} MB/s, CPU ${run.clientCpuS.toFixed(1)} s` +
+          `${run.serverCpuS !== undefined ? `, s3rver CPU ${run.serverCpuS.toFixed(1)} s` : ''}), ${resyncWhat} ${run.resyncS.toFixed(3)} s`,
+      );
     for (let r = 0; r < opts.rounds; r++) {
       // Ours: one uploader per round, as for one trial allocation.
       checkInterrupted();
@@ -284,18 +335,16 @@ async function main(): Promise<number> {
         const hashCache = new HashCache();
         const up = new CheckpointUploader({ storage, log: createLogger('bench', { level: 'warn' }), fileConcurrency: opts.fileConcurrency, hashCache });
         const info = () => ({ uuid: randomUUID(), trialId: 1, allocationId: 'bench', name: 'bench', createdAtMs: Date.now() });
-        let t0 = performance.now();
-        const first = await up.upload(data.dir, info());
-        const fullS = seconds(t0);
-        await expectStored(client, bucket, `agent-${r}/${first.manifest.uuid}/`, data, 1, 'our uploader');
+        const full = await measureCpu(() => up.upload(data.dir, info()), server);
+        await expectStored(client, bucket, `agent-${r}/${full.value.manifest.uuid}/`, data, 1, 'our uploader');
         const before = { ...hashCache.stats };
-        t0 = performance.now();
+        const t0 = performance.now();
         const again = await up.upload(data.dir, info());
         const resyncS = seconds(t0);
         if (again.uploadedFiles !== 0) throw new Error(`the unchanged re-upload uploaded ${again.uploadedFiles} files`);
         hashStats.push({ hits: hashCache.stats.hits - before.hits, misses: hashCache.stats.misses - before.misses });
-        ours.push({ fullS, resyncS });
-        note(`round ${r + 1}: agent   ${fullS.toFixed(2)} s (${(data.bytes / 1e6 / fullS).toFixed(1)} MB/s), unchanged re-upload ${resyncS.toFixed(3)} s`);
+        ours.push({ fullS: full.wallS, resyncS, clientCpuS: full.selfCpuS, serverCpuS: full.serverCpuS });
+        describe('agent', r, ours[r], 'unchanged re-upload');
       } finally {
         storage.destroy();
       }
@@ -303,30 +352,30 @@ async function main(): Promise<number> {
 
       checkInterrupted();
       const awsArgs = ['s3', 'sync', data.dir, `s3://${bucket}/awscli-${r}/`, '--endpoint-url', endpoint, '--only-show-errors', '--no-progress'];
+      const awsFull = await measureCpu(() => runTool('aws', awsArgs, awsEnv()), server);
+      await expectStored(client, bucket, `awscli-${r}/`, data, 1, 'aws s3 sync');
       let t0 = performance.now();
       await runTool('aws', awsArgs, awsEnv());
-      const awsFull = seconds(t0);
-      await expectStored(client, bucket, `awscli-${r}/`, data, 1, 'aws s3 sync');
-      t0 = performance.now();
-      await runTool('aws', awsArgs, awsEnv());
-      aws.push({ fullS: awsFull, resyncS: seconds(t0) });
-      note(`round ${r + 1}: awscli  ${awsFull.toFixed(2)} s (${(data.bytes / 1e6 / awsFull).toFixed(1)} MB/s), unchanged re-sync ${aws[r].resyncS.toFixed(3)} s`);
+      aws.push({ fullS: awsFull.wallS, resyncS: seconds(t0), clientCpuS: awsFull.childCpuS, serverCpuS: awsFull.serverCpuS });
+      describe('awscli', r, aws[r], 'unchanged re-sync');
       await deletePrefix(client, bucket, `awscli-${r}/`);
 
       checkInterrupted();
       const rcloneArgs = ['sync', data.dir, `bench:${bucket}/rclone-${r}`];
-      t0 = performance.now();
-      await runTool('rclone', rcloneArgs, rcloneEnv(endpoint, rcloneConfig));
-      const rcloneFull = seconds(t0);
+      const rcloneFull = await measureCpu(() => runTool('rclone', rcloneArgs, rcloneEnv(endpoint, rcloneConfig)), server);
       await expectStored(client, bucket, `rclone-${r}/`, data, 1, 'rclone sync');
       t0 = performance.now();
       await runTool('rclone', rcloneArgs, rcloneEnv(endpoint, rcloneConfig));
-      rclone.push({ fullS: rcloneFull, resyncS: seconds(t0) });
-      note(`round ${r + 1}: rclone  ${rcloneFull.toFixed(2)} s (${(data.bytes / 1e6 / rcloneFull).toFixed(1)} MB/s), unchanged re-sync ${rclone[r].resyncS.toFixed(3)} s`);
+      rclone.push({ fullS: rcloneFull.wallS, resyncS: seconds(t0), clientCpuS: rcloneFull.childCpuS, serverCpuS: rcloneFull.serverCpuS });
+      describe('rclone', r, rclone[r], 'unchanged re-sync');
       await deletePrefix(client, bucket, `rclone-${r}/`);
     }
 
     const mbps = (runs: ToolRun[]) => data.bytes / 1e6 / median(runs.map((x) => x.fullS));
+    const cpuPerGb = (runs: ToolRun[], k: 'clientCpuS' | 'serverCpuS') => {
+      const xs = runs.map((x) => x[k]).filter((x): x is number => x !== undefined);
+      return xs.length ? round(median(xs) / (data.bytes / 1e9), 2) : null;
+    };
     const agentMbS = mbps(ours);
     const awsMbS = mbps(aws);
     const rcloneMbS = mbps(rclone);
@@ -347,6 +396,11 @@ async function main(): Promise<number> {
       awscli_resync_s: round(median(aws.map((x) => x.resyncS)), 3),
       rclone_full_s: round(median(rclone.map((x) => x.fullS)), 3),
       rclone_resync_s: round(median(rclone.map((x) => x.resyncS)), 3),
+      // CPU seconds per GB uploaded (medians): the client's, and s3rver's while serving it.
+      agent_cpu_s_per_gb: cpuPerGb(ours, 'clientCpuS'),
+      awscli_cpu_s_per_gb: cpuPerGb(aws, 'clientCpuS'),
+      rclone_cpu_s_per_gb: cpuPerGb(rclone, 'clientCpuS'),
+      s3rver_cpu_s_per_gb: { agent: cpuPerGb(ours, 'serverCpuS'), awscli: cpuPerGb(aws, 'serverCpuS'), rclone: cpuPerGb(rclone, 'serverCpuS') },
       resync_hash_cache: hashStats[hashStats.length - 1],
       bytes: data.bytes,
       files: data.files,
@@ -355,6 +409,10 @@ async function main(): Promise<number> {
       part_size_mib: PART_SIZE / MiB,
       parts_in_flight_per_file: QUEUE_SIZE,
       cpus: os.availableParallelism(),
+      /** 1-minute load average before and after: other work on the machine moves the wall times. */
+      load_avg_1m: [round(loadBefore, 2), round(os.loadavg()[0], 2)],
+      /** Peak RSS of this process (the bench plus our uploader), MiB. */
+      max_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024),
       targets: { ratio_vs_awscli: TARGET_RATIO_VS_AWSCLI, resync_fraction: TARGET_RESYNC_FRACTION },
       met,
     };
@@ -362,12 +420,14 @@ async function main(): Promise<number> {
       process.stdout.write(JSON.stringify(result) + '\n');
       return 0;
     }
+    const num = (n: number | null, w: number) => (n === null ? '-' : n.toFixed(1)).padStart(w);
     const row = (name: string, runs: ToolRun[], mb: number) =>
-      `  ${name.padEnd(28)} ${median(runs.map((x) => x.fullS)).toFixed(2).padStart(8)} ${mb.toFixed(1).padStart(8)} ${median(runs.map((x) => x.resyncS)).toFixed(3).padStart(10)}`;
+      `  ${name.padEnd(24)} ${median(runs.map((x) => x.fullS)).toFixed(2).padStart(8)} ${mb.toFixed(1).padStart(8)} ${median(runs.map((x) => x.resyncS)).toFixed(3).padStart(10)}` +
+      `${num(cpuPerGb(runs, 'clientCpuS'), 12)} ${num(cpuPerGb(runs, 'serverCpuS'), 12)}`;
     const lines = [
       `Checkpoint upload to s3rver: ${(data.bytes / MiB).toFixed(0)} MiB in ${data.files} files (${opts.largeFiles} large, ${opts.smallFiles} x ${opts.smallKiB} KiB), ${opts.rounds} round(s), medians`,
-      `  machine: ${os.availableParallelism()} CPUs, node ${process.version}; ours: ${opts.fileConcurrency} files in flight, ${PART_SIZE / MiB} MiB parts, ${QUEUE_SIZE} parts in flight per file`,
-      `  ${''.padEnd(28)} ${'full s'.padStart(8)} ${'MB/s'.padStart(8)} ${'re-sync s'.padStart(10)}`,
+      `  machine: ${os.availableParallelism()} CPUs, load average ${result.load_avg_1m.join(' -> ')}, node ${process.version}; ours: ${opts.fileConcurrency} files in flight, ${PART_SIZE / MiB} MiB parts, ${QUEUE_SIZE} parts in flight per file`,
+      `  ${''.padEnd(24)} ${'full s'.padStart(8)} ${'MB/s'.padStart(8)} ${'re-sync s'.padStart(10)}${'CPU s/GB'.padStart(12)} ${'s3rver s/GB'.padStart(12)}`,
       row('det CheckpointUploader', ours, agentMbS),
       row('aws s3 sync', aws, awsMbS),
       row('rclone sync', rclone, rcloneMbS),

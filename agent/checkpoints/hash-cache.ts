@@ -1,6 +1,10 @@
 // Remembers the sha256 of files by identity, (dev, ino, size, mtime in ns), so that uploading a
 // checkpoint whose files did not change (the same directory again, or files hard-linked from an
 // earlier checkpoint) does not hash them again. Bounded: the least recently used entry goes first.
+// ctime is left out on purpose: hard-linking a file changes it. So a file rewritten in place with
+// its mtime forged back (utimes) hits the stale entry, and its manifest names the old sha256 (a
+// download then fails its check, or restores the old content if that is stored). Only a trial
+// that breaks the checkpoint contract can do that, and only to its own checkpoints.
 import * as fs from 'node:fs/promises';
 import { hashFile, type HashFn } from '../../common/checkpoints/manifest';
 

@@ -5,13 +5,12 @@
 // remembers the content of the trial's stored checkpoints and uploads each content once
 // (dedupe.ts), and its HashCache spares re-hashing unchanged files.
 import { createHash } from 'node:crypto';
-import { constants as fsConstants } from 'node:fs';
+import { constants as fsConstants, type BigIntStats } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import { Transform } from 'node:stream';
 import type { BackoffOptions } from '../../common/backoff';
 import { checkpointPrefix, manifestKey as manifestKeyOf } from '../../common/checkpoints/layout';
-import { buildManifest, type CheckpointInfo, type Manifest, type ManifestFile } from '../../common/checkpoints/manifest';
+import { buildManifest, hashFile, READ_CHUNK_BYTES, type CheckpointInfo, type HashFn, type Manifest, type ManifestFile } from '../../common/checkpoints/manifest';
 import { DEFAULT_STORAGE_ATTEMPTS, formatBytes, mapBounded, STORAGE_RETRY_BACKOFF, transferSignal, withRetries } from '../../common/checkpoints/transfer';
 import { DetError, errorMessage } from '../../common/errors';
 import type { Logger } from '../../common/log';
@@ -21,6 +20,10 @@ import type { HashCache } from './hash-cache';
 
 /** Default number of files uploaded at once. */
 export const DEFAULT_FILE_CONCURRENCY = 16;
+/** Longest time the removal of a failed upload's objects may take. */
+const CLEANUP_TIMEOUT_MS = 60_000;
+/** Files up to this size are read into memory in one go and sent as one buffer. */
+const SMALL_FILE_BYTES = 1024 * 1024;
 
 /** Options of a CheckpointUploader. */
 export interface UploaderOptions {
@@ -86,7 +89,26 @@ export class CheckpointUploader {
     const started = performance.now();
     const what = `checkpoint ${info.name} (${info.uuid})`;
     const mKey = manifestKeyOf(info.uuid);
-    const built = await buildManifest(dir, info, { hash: this.opts.hashCache?.hash });
+    // Identity of every large file when it was hashed, by real path: putFile checks it instead of
+    // hashing the file again while it streams.
+    const hashedAs = new Map<string, string>();
+    const hashOnce = this.opts.hashCache?.hash ?? hashFile;
+    const hash: HashFn = async (file) => {
+      const before = await fs.stat(file, { bigint: true });
+      if (before.size <= SMALL_FILE_BYTES) return hashOnce(file);
+      const got = await hashOnce(file);
+      const after = await fs.stat(file, { bigint: true });
+      if (identityOf(after) === identityOf(before)) hashedAs.set(file, identityOf(after));
+      return got;
+    };
+    let built: Manifest;
+    try {
+      built = await buildManifest(dir, info, { hash });
+    } catch (err) {
+      const message = `cannot upload ${what}: ${errorMessage(err)}`;
+      this.progress(message);
+      throw new DetError(err instanceof DetError ? err.code : 'DET_ERR_INTERNAL', message);
+    }
     const plan = planUpload(built, this.stored);
     const manifest: Manifest = { ...built, files: plan.files };
     this.progress(
@@ -95,28 +117,25 @@ export class CheckpointUploader {
         ` to ${storage.location(checkpointPrefix(info.uuid).slice(0, -1))}`,
     );
     const attempted: string[] = [];
+    const retry = (object: string) => ({
+      signal,
+      maxAttempts: this.opts.maxAttempts ?? DEFAULT_STORAGE_ATTEMPTS,
+      backoff: this.opts.backoff ?? STORAGE_RETRY_BACKOFF,
+      onRetry: (attempt: number, delayMs: number, err: unknown) => {
+        log.warn('uploading a checkpoint object failed; retrying', { uuid: info.uuid, object, attempt, delayMs, err: errorMessage(err) });
+        this.progress(`checkpoint ${info.name}: retrying ${object} in ${delayMs} ms after attempt ${attempt} failed: ${errorMessage(err)}`);
+      },
+    });
     try {
       const root = await fs.realpath(dir);
       await mapBounded(plan.upload, Math.max(1, this.opts.fileConcurrency ?? DEFAULT_FILE_CONCURRENCY), async (f) => {
         attempted.push(f.key);
-        await withRetries(() => this.putFile(root, f, signal), {
-          signal,
-          maxAttempts: this.opts.maxAttempts ?? DEFAULT_STORAGE_ATTEMPTS,
-          backoff: this.opts.backoff ?? STORAGE_RETRY_BACKOFF,
-          onRetry: (attempt, delayMs, err) => {
-            log.warn('uploading a checkpoint file failed; retrying', { uuid: info.uuid, file: f.path, attempt, delayMs, err: errorMessage(err) });
-            this.progress(`${what}: retrying ${f.path} in ${delayMs} ms after attempt ${attempt} failed: ${errorMessage(err)}`);
-          },
-        });
+        await withRetries(() => this.putFile(root, f, hashedAs, signal), retry(f.path));
       });
       // LAST: only now does the checkpoint exist.
       const body = Buffer.from(JSON.stringify(manifest) + '\n');
       attempted.push(mKey);
-      await withRetries(() => storage.put(mKey, body, { size: body.length, contentType: 'application/json' }, signal), {
-        signal,
-        maxAttempts: this.opts.maxAttempts ?? DEFAULT_STORAGE_ATTEMPTS,
-        backoff: this.opts.backoff ?? STORAGE_RETRY_BACKOFF,
-      });
+      await withRetries(() => storage.put(mKey, body, { size: body.length, contentType: 'application/json' }, signal), retry('the manifest'));
     } catch (err) {
       await this.cleanup(info.uuid, mKey, attempted);
       const message = `cannot upload ${what} to ${storage.location(mKey)}: ${signal.aborted ? `aborted (${errorMessage(signal.reason)})` : errorMessage(err)}`;
@@ -141,48 +160,52 @@ export class CheckpointUploader {
   }
 
   // One attempt at uploading `f`. The file is opened without following a final symlink after its
-  // real path was checked to be inside the checkpoint, and hashed while it streams: what is stored
-  // must be what the manifest says, even if the trial broke the contract and changed the file.
-  private async putFile(root: string, f: ManifestFile, signal?: AbortSignal): Promise<void> {
+  // real path was checked to be inside the checkpoint, and what is sent must be what was hashed,
+  // even if the trial broke the contract and changed the file: small files are hashed again in
+  // memory before they are sent; for large ones the identity (device, inode, size, mtime and
+  // ctime, which no one can set back) must be the one they had when hashed, before and after.
+  private async putFile(root: string, f: ManifestFile, hashedAs: ReadonlyMap<string, string>, signal?: AbortSignal): Promise<void> {
     const real = await fs.realpath(path.join(root, ...f.path.split('/')));
     if (!isInside(root, real)) throw changed(f, `it now resolves outside the checkpoint (to ${real})`);
     const fh = await fs.open(real, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
     try {
-      const st = await fh.stat();
+      const st = await fh.stat({ bigint: true });
       if (!st.isFile()) throw changed(f, 'it is no longer a regular file');
-      if (st.size !== f.size) throw changed(f, `it has ${st.size} bytes now, ${f.size} when it was hashed`);
-      const hash = createHash('sha256');
-      let bytes = 0;
-      const tap = new Transform({
-        transform(chunk: Buffer, _enc, cb) {
-          hash.update(chunk);
-          bytes += chunk.length;
-          cb(null, chunk);
-        },
-      });
-      const source = fh.createReadStream({ autoClose: false, start: 0 });
-      source.on('error', (err) => tap.destroy(err));
-      try {
-        await this.opts.storage.put(f.key, source.pipe(tap), { size: f.size }, signal);
-      } finally {
-        source.destroy();
-        tap.destroy();
+      if (st.size !== BigInt(f.size)) throw changed(f, `it has ${st.size} bytes now, ${f.size} when it was hashed`);
+      if (f.size <= SMALL_FILE_BYTES) {
+        const body = await fh.readFile();
+        if (body.length !== f.size || sha256Of(body) !== f.sha256) throw changed(f, 'its content differs from when it was hashed');
+        await this.opts.storage.put(f.key, body, { size: f.size }, signal);
+        return;
       }
-      const sha256 = hash.digest('hex');
-      if (bytes !== f.size || sha256 !== f.sha256) throw changed(f, 'its content differs from when it was hashed');
+      const expected = hashedAs.get(real);
+      if (expected === undefined) throw changed(f, 'it was modified while it was hashed');
+      if (identityOf(st) !== expected) throw changed(f, 'it was modified after it was hashed');
+      // Destroying the stream would close `fh` too: only on failure (the handle is closed below anyway).
+      const source = fh.createReadStream({ autoClose: false, start: 0, highWaterMark: READ_CHUNK_BYTES });
+      try {
+        await this.opts.storage.put(f.key, source, { size: f.size }, signal);
+      } catch (err) {
+        source.destroy();
+        throw err;
+      }
+      // On a change the upload fails and its cleanup removes the object.
+      if (identityOf(await fh.stat({ bigint: true })) !== expected) throw changed(f, 'it was modified while it was uploaded');
     } finally {
       await fh.close();
     }
   }
 
   // Best effort: the manifest first (it should not exist, but a timed-out put may have landed),
-  // then the files this attempt started. Errors are logged; the caller reports the upload's own.
+  // then the files this attempt started. Bounded in time (storage that hangs must not hang the
+  // agent's shutdown); errors are logged, the caller reports the upload's own.
   private async cleanup(uuid: string, mKey: string, attempted: string[]): Promise<void> {
     if (attempted.length === 0) return;
     const keys = attempted.includes(mKey) ? [mKey, ...attempted.filter((k) => k !== mKey)] : attempted;
+    const signal = AbortSignal.timeout(CLEANUP_TIMEOUT_MS);
     try {
-      await withRetries(() => this.opts.storage.delete([keys[0]]), { maxAttempts: 2 });
-      if (keys.length > 1) await withRetries(() => this.opts.storage.delete(keys.slice(1)), { maxAttempts: 2 });
+      await withRetries(() => this.opts.storage.delete([keys[0]], signal), { maxAttempts: 2, signal });
+      if (keys.length > 1) await withRetries(() => this.opts.storage.delete(keys.slice(1), signal), { maxAttempts: 2, signal });
     } catch (err) {
       this.opts.log.warn('cannot remove the objects of a failed checkpoint upload; they are no checkpoint (no manifest) and can be deleted', {
         uuid,
@@ -206,6 +229,15 @@ function changed(f: ManifestFile, why: string): DetError {
     'DET_ERR_INVALID_ARGUMENT',
     `checkpoint file ${JSON.stringify(f.path)} changed during the upload (${why}): a trial must not modify a checkpoint after writing its .det-complete marker`,
   );
+}
+
+/** What identifies a file's content: any write changes mtime and ctime, and ctime cannot be set back. */
+function identityOf(st: BigIntStats): string {
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+}
+
+function sha256Of(b: Buffer): string {
+  return createHash('sha256').update(b).digest('hex');
 }
 
 function isInside(root: string, p: string): boolean {

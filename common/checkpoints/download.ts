@@ -46,8 +46,9 @@ export interface DownloadOptions {
 }
 
 /**
- * Reads and validates checkpoint `uuid`'s manifest. Throws DET_ERR_INVALID_ARGUMENT when there is
- * none (the checkpoint does not exist) or it is invalid; storage errors are retried with backoff.
+ * Reads and validates checkpoint `uuid`'s manifest. Throws DET_ERR_CHECKPOINT_NOT_FOUND when there
+ * is none (the checkpoint does not exist or was never completed), DET_ERR_INVALID_ARGUMENT when it
+ * is invalid; transient storage errors are retried with backoff.
  */
 export async function readManifest(storage: CheckpointStorage, uuid: string, signal?: AbortSignal): Promise<Manifest> {
   const problem = checkpointUuidProblem(uuid);
@@ -58,7 +59,7 @@ export async function readManifest(storage: CheckpointStorage, uuid: string, sig
     text = await withRetries(async () => readSmall(await storage.get(key, signal), MAX_MANIFEST_BYTES, storage.location(key)), { signal });
   } catch (err) {
     if (isObjectNotFound(err)) {
-      throw new DetError('DET_ERR_INVALID_ARGUMENT', `checkpoint ${uuid} has no manifest at ${storage.location(key)}: it does not exist or was not completed`);
+      throw new DetError('DET_ERR_CHECKPOINT_NOT_FOUND', `checkpoint ${uuid} has no manifest at ${storage.location(key)}: it does not exist or was not completed`);
     }
     throw err;
   }

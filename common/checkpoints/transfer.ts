@@ -112,14 +112,4 @@ export function transferSignal(parent?: AbortSignal): { signal: AbortSignal; dis
   return { signal: ac.signal, dispose: () => parent.removeEventListener('abort', onAbort) };
 }
 
-/** "1.5 GiB", "12.0 MiB", "300 B": sizes in progress lines and errors. */
-export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let u = 0;
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`;
-}
+export { formatBytes } from '../format';

@@ -3,13 +3,11 @@
 // manifests that an attacker could plant are written with a standard S3 client (or plain fs),
 // never through our storage class. awscli interoperability follows the shared suite.
 import { strict as assert } from 'node:assert';
-import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import type { Readable } from 'node:stream';
-import { promisify } from 'node:util';
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { HashCache } from '../../agent/checkpoints/hash-cache';
 import { CheckpointUploader, type UploaderOptions } from '../../agent/checkpoints/uploader';
@@ -28,11 +26,11 @@ import {
   type PutOptions,
   type PutResult,
 } from '../../common/storage';
+import { awsCli } from '../support/awscli';
 import { checkpointInfo, collectingLogger, fsKeys, rawS3Keys, randomFiles, treeDigests, writeCheckpoint } from '../support/checkpoint-fixtures';
 import { testEnv } from '../support/env';
 import { createTestBucket, deleteTestBucket, S3_TEST_REGION, S3RVER_CREDENTIALS, testS3Client } from '../support/s3';
 
-const execFileP = promisify(execFile);
 const PREFIX = 'exp-7/checkpoints';
 const FAST_RETRY = { baseMs: 1, maxMs: 5, jitter: 0 };
 const MiB = 1024 * 1024;
@@ -277,7 +275,49 @@ function uploadSuite(backend: Backend): void {
       assert.deepEqual(await o.rawKeys(checkpointPrefix(info.uuid)), []);
       assert.equal(logLines.filter((l) => l.includes('retrying')).length, 2);
       assert.match(lines[lines.length - 1], /cannot upload checkpoint fails/);
-      await rejectsWith(readManifest(o.storage, info.uuid), 'DET_ERR_INVALID_ARGUMENT', /has no manifest .* does not exist or was not completed/);
+      await rejectsWith(readManifest(o.storage, info.uuid), 'DET_ERR_CHECKPOINT_NOT_FOUND', /has no manifest .* does not exist or was not completed/);
+    });
+
+    it('a file swapped for a symlink out of the checkpoint after hashing is not uploaded', async () => {
+      const secret = path.join(work, 'host-secret');
+      await fs.writeFile(secret, 'host data the container must not exfiltrate');
+      const dir = await writeCheckpoint(ckpts, 'swap', { 'a.txt': 'first', 'c.txt': 'x'.repeat(43) });
+      const info = checkpointInfo('swap');
+      const hooked = new HookedStorage(o.storage);
+      hooked.beforePut = async (key) => {
+        // A malicious trial replaces c.txt by a symlink to a host file while a.txt uploads.
+        if (key === `${info.uuid}/a.txt`) {
+          await fs.rm(path.join(dir, 'c.txt'));
+          await fs.symlink(secret, path.join(dir, 'c.txt'));
+        }
+      };
+      await rejectsWith(
+        uploader({ storage: hooked, fileConcurrency: 1 }).up.upload(dir, info),
+        'DET_ERR_INVALID_ARGUMENT',
+        /checkpoint file "c.txt" changed during the upload \(it now resolves outside the checkpoint .*\): a trial must not modify a checkpoint after writing its .det-complete marker/,
+      );
+      assert.ok(!hooked.events.includes(`put-start ${info.uuid}/c.txt`), 'the host file was never sent');
+      assert.deepEqual(await o.rawKeys(checkpointPrefix(info.uuid)), []);
+    });
+
+    it('a file changed after hashing fails the upload, small or streamed, and nothing stays stored', async () => {
+      const cases = [
+        { name: 'small', size: 1000, when: 'a.txt', want: /"b.bin" changed during the upload \(its content differs from when it was hashed\)/, sent: false },
+        { name: 'large', size: 3 * MiB, when: 'a.txt', want: /"b.bin" changed during the upload \(it was modified after it was hashed\)/, sent: false },
+        { name: 'large-during', size: 3 * MiB, when: 'b.bin', want: /"b.bin" changed during the upload \(it was modified while it was uploaded\)/, sent: true },
+      ];
+      for (const tc of cases) {
+        const dir = await writeCheckpoint(ckpts, `change-${tc.name}`, { 'a.txt': 'first', 'b.bin': randomBytes(tc.size) });
+        const info = checkpointInfo(`change-${tc.name}`);
+        const hooked = new HookedStorage(o.storage);
+        hooked.beforePut = async (key) => {
+          // Same size, other bytes: only the content and the file's times change.
+          if (key === `${info.uuid}/${tc.when}`) await fs.writeFile(path.join(dir, 'b.bin'), randomBytes(tc.size));
+        };
+        await rejectsWith(uploader({ storage: hooked, fileConcurrency: 1 }).up.upload(dir, info), 'DET_ERR_INVALID_ARGUMENT', tc.want);
+        assert.equal(hooked.events.includes(`put-start ${info.uuid}/b.bin`), tc.sent, tc.name);
+        assert.deepEqual(await o.rawKeys(checkpointPrefix(info.uuid)), [], tc.name);
+      }
     });
 
     it('a second checkpoint with one changed file uploads only that file; its download is complete', async () => {
@@ -363,7 +403,7 @@ function uploadSuite(backend: Backend): void {
       const target = path.join(work, 'nothing');
       await rejectsWith(
         downloadCheckpoint(o.storage, missing.uuid, target),
-        'DET_ERR_INVALID_ARGUMENT',
+        'DET_ERR_CHECKPOINT_NOT_FOUND',
         new RegExp(`checkpoint ${missing.uuid} has no manifest at .*${missing.uuid}/\\.det-manifest\\.json: it does not exist or was not completed`),
       );
       await assert.rejects(fs.stat(target), /ENOENT/);
@@ -436,6 +476,23 @@ function uploadSuite(backend: Backend): void {
       }
     });
 
+    it('an aborted download stops with the reason and removes what it wrote', async () => {
+      const dir = await writeCheckpoint(ckpts, 'abort', randomFiles(10, 1000, 2000));
+      const info = checkpointInfo('abort');
+      await uploader().up.upload(dir, info);
+      const hooked = new HookedStorage(o.storage);
+      const ac = new AbortController();
+      const reason = new Error('user pressed ^C');
+      let gets = 0;
+      hooked.beforeGet = () => {
+        if (++gets === 4) ac.abort(reason);
+      };
+      const target = path.join(work, 'aborted');
+      await assert.rejects(downloadCheckpoint(hooked, info.uuid, target, { concurrency: 1, signal: ac.signal }), (err: unknown) => err === reason);
+      assert.ok(gets >= 4 && gets < 11, `gets: ${gets}`);
+      await assert.rejects(fs.stat(target), /ENOENT/);
+    });
+
     it('refuses to write through a symlink planted in the target directory', async () => {
       const dir = await writeCheckpoint(ckpts, 'links', { 'a.txt': 'first', 'sub/x.txt': 'would escape', 'sub/deeper/y.txt': 'y' });
       const info = checkpointInfo('links');
@@ -480,25 +537,7 @@ describe('checkpoint upload, download and delete', function () {
       await fs.rm(work, { recursive: true, force: true });
     });
 
-    const aws = async (...args: string[]): Promise<Buffer> => {
-      const env: NodeJS.ProcessEnv = {
-        ...process.env,
-        AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
-        AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
-        AWS_DEFAULT_REGION: S3_TEST_REGION,
-        AWS_CONFIG_FILE: '/dev/null',
-        AWS_SHARED_CREDENTIALS_FILE: '/dev/null',
-        AWS_EC2_METADATA_DISABLED: 'true',
-        AWS_PAGER: '',
-      };
-      try {
-        const out = await execFileP('aws', [...args, '--endpoint-url', testEnv().s3Endpoint], { env, timeout: 60_000, maxBuffer: 64 * MiB, encoding: 'buffer' });
-        return out.stdout;
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error('awscli (`aws`) is not on PATH: test/env/setup.sh installs it (apt-get install -y awscli)');
-        throw err;
-      }
-    };
+    const aws = async (...args: string[]): Promise<Buffer> => (await awsCli(...args)).stdout;
 
     it('aws s3 ls/cp read an uploaded checkpoint: files and manifest', async () => {
       const ckpts = path.join(work, 'ckpts');
