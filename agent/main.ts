@@ -105,7 +105,8 @@ export async function main(argv: string[]): Promise<number> {
       log: log.child('files'),
     };
     const manager = new ContainerManager(runtime, { clusterId: '', agentId: opts.agentId, networkMode: opts.containerNetworkMode, devices }, outbox, log.child('containers'), files);
-    await manager.removeLeftovers(opts.agentId);
+    // Containers an earlier run of this agent left: reported in Register, resumed if the master expects them.
+    await manager.adopt(opts.agentId);
     let announced = false;
     const session = new AgentSession(opts, devices, manager, outbox, log.child('session'), {
       onRegistered: (info) => {

@@ -30,6 +30,8 @@ export interface CheckpointSyncOptions {
   restored?: Manifest;
   /** Rescan period of the watcher (tests). */
   rescanIntervalMs?: number;
+  /** Checkpoints (by name) an earlier run of the agent stored: neither stored nor reported again. */
+  storedBefore?: ReadonlySet<string>;
 }
 
 /** How a sync ended: names of checkpoints that could not be stored (their files stay on the host). */
@@ -81,6 +83,7 @@ export class CheckpointSync {
   }
 
   private async store(dir: string, name: string, signal: AbortSignal): Promise<void> {
+    if (this.o.storedBefore?.has(name)) return;
     let uuid = this.uuids.get(name);
     if (!uuid) {
       uuid = randomUUID();

@@ -1,10 +1,12 @@
 // ContainerRuntime on a real Docker Engine (dockerode over the unix socket).
 //
 // A run is: PULLING (pull if the policy says so or the image is missing) → STARTING (create
-// det-<allocationId>, attach, start) → RUNNING (stream output, wait) → TERMINATED (flush output,
-// report, remove). The output stream is attached before the container starts, as `docker run`
-// does, so a process that exits at once loses nothing. Nothing sleeps or polls: each step waits
-// on Docker's own answer.
+// det-<allocationId>, start) → RUNNING (stream output, wait) → TERMINATED (flush output, report,
+// remove). The output is read from the container's log (the logs endpoint, following), from its
+// first line: a process that exits at once loses nothing, stdout and stderr keep the one order
+// Docker logged them in, and a container adopted after an agent restart hands over the same
+// lines in the same order again, so a line's position identifies it (manager.ts numbers lines by
+// it). Nothing sleeps or polls: each step waits on Docker's own answer.
 import Docker from 'dockerode';
 import type { Readable } from 'node:stream';
 import { DetError, errorMessage } from '../../common/errors';
@@ -15,6 +17,7 @@ import type {
   ManagedContainer,
   PullProgress,
   RunContext,
+  RunOptions,
   RunSpec,
   RuntimeLogLine,
 } from './runtime';
@@ -40,6 +43,8 @@ export function containerName(allocationId: string): string {
 
 // A line longer than this is handed over in pieces, so one runaway line cannot eat the agent's memory.
 const MAX_LINE_BYTES = 64 * 1024;
+// The read after the exit starts this many seconds before the last frame already handled.
+const CATCH_UP_WINDOW_S = 2;
 // Pull progress events of one kind ("Downloading") are forwarded at most this often.
 const PULL_PROGRESS_INTERVAL_MS = 100;
 
@@ -91,71 +96,85 @@ class RunEnd extends Error {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Output: Docker's multiplexed attach stream → lines → batches handed to the sink.
+// Output: Docker's multiplexed log stream → lines → batches handed to the sink.
 // ---------------------------------------------------------------------------------------------
 
-/** Splits Docker's multiplexed stream (8-byte header: stream type, 3 zero bytes, big-endian size). */
-class Demuxer {
-  private readonly header = Buffer.alloc(8);
-  private headerLen = 0;
-  private remaining = 0;
-  private stream: 'stdout' | 'stderr' = 'stdout';
+/**
+ * Splits Docker's multiplexed stream into whole frames (8-byte header: stream type, 3 zero bytes,
+ * big-endian size). The logs endpoint sends one frame per log message (a line, or a 16 KiB piece
+ * of a longer one), prefixed with its timestamp when asked.
+ */
+class FrameReader {
+  private pending: Buffer = Buffer.alloc(0);
 
-  push(chunk: Buffer, onData: (stream: 'stdout' | 'stderr', bytes: Buffer) => void): void {
-    let off = 0;
-    while (off < chunk.length) {
-      if (this.remaining === 0) {
-        const n = Math.min(8 - this.headerLen, chunk.length - off);
-        chunk.copy(this.header, this.headerLen, off, off + n);
-        this.headerLen += n;
-        off += n;
-        if (this.headerLen < 8) return;
-        this.headerLen = 0;
-        // 1 = stdout, 2 = stderr, 3 = Docker's own error for the stream: show it as stderr.
-        this.stream = this.header[0] === 1 ? 'stdout' : 'stderr';
-        this.remaining = this.header.readUInt32BE(4);
-        continue;
-      }
-      const n = Math.min(this.remaining, chunk.length - off);
-      onData(this.stream, chunk.subarray(off, off + n));
-      this.remaining -= n;
-      off += n;
+  push(chunk: Buffer, onFrame: (stream: 'stdout' | 'stderr', payload: Buffer) => void): void {
+    let buf = this.pending.length > 0 ? Buffer.concat([this.pending, chunk]) : chunk;
+    while (buf.length >= 8) {
+      const size = buf.readUInt32BE(4);
+      if (buf.length < 8 + size) break;
+      // 1 = stdout, 2 = stderr, 3 = Docker's own error for the stream: show it as stderr.
+      onFrame(buf[0] === 1 ? 'stdout' : 'stderr', buf.subarray(8, 8 + size));
+      buf = buf.subarray(8 + size);
     }
+    this.pending = Buffer.from(buf);
   }
 }
 
-/** Cuts bytes into lines; keeps a partial line until its newline or the end. */
+/** Splits a frame from a timestamped log stream: "<RFC 3339 nano> <bytes>". */
+function splitTimestamp(payload: Buffer): { stamp: string; timestampMs: number; bytes: Buffer } {
+  const space = payload.indexOf(32);
+  const stamp = space > 0 && space <= 40 ? payload.toString('latin1', 0, space) : '';
+  const ms = stamp ? Date.parse(stamp) : NaN;
+  if (Number.isNaN(ms)) return { stamp: '', timestampMs: Date.now(), bytes: payload };
+  return { stamp, timestampMs: ms, bytes: payload.subarray(space + 1) };
+}
+
+/**
+ * Cuts bytes into lines; keeps a partial line until its newline or the end. A line longer than
+ * MAX_LINE_BYTES is cut every MAX_LINE_BYTES bytes, wherever the chunks fall: the same output
+ * always gives the same lines (their positions number them). A line's timestamp is its first byte's.
+ */
 class LineSplitter {
   private parts: Buffer[] = [];
   private partLen = 0;
+  private startMs = 0;
 
-  push(bytes: Buffer, emit: (text: string) => void): void {
+  push(bytes: Buffer, timestampMs: number, emit: (text: string, timestampMs: number) => void): void {
     let start = 0;
-    for (;;) {
+    while (start < bytes.length) {
+      if (this.partLen === 0) this.startMs = timestampMs;
       const nl = bytes.indexOf(10, start);
-      if (nl < 0) break;
-      const piece = bytes.subarray(start, nl);
-      emit(this.take(piece));
+      const end = nl < 0 ? bytes.length : nl;
+      const room = MAX_LINE_BYTES - this.partLen;
+      if (end - start > room) {
+        this.add(bytes.subarray(start, start + room));
+        emit(this.take(false), this.startMs);
+        start += room;
+        continue;
+      }
+      this.add(bytes.subarray(start, end));
+      if (nl < 0) return;
+      emit(this.take(true), this.startMs);
       start = nl + 1;
     }
-    if (start < bytes.length) {
-      const rest = bytes.subarray(start);
-      this.parts.push(rest);
-      this.partLen += rest.length;
-      if (this.partLen >= MAX_LINE_BYTES) emit(this.take(Buffer.alloc(0)));
-    }
   }
 
-  end(emit: (text: string) => void): void {
-    if (this.partLen > 0) emit(this.take(Buffer.alloc(0)));
+  end(emit: (text: string, timestampMs: number) => void): void {
+    if (this.partLen > 0) emit(this.take(true), this.startMs);
   }
 
-  private take(last: Buffer): string {
-    const line = this.partLen > 0 ? Buffer.concat([...this.parts, last]) : last;
+  private add(piece: Buffer): void {
+    if (piece.length === 0) return;
+    this.parts.push(piece);
+    this.partLen += piece.length;
+  }
+
+  private take(lineEnd: boolean): string {
+    const line = this.parts.length === 1 ? this.parts[0] : Buffer.concat(this.parts);
     this.parts = [];
     this.partLen = 0;
     const text = line.toString('utf8');
-    return text.endsWith('\r') ? text.slice(0, -1) : text;
+    return lineEnd && text.endsWith('\r') ? text.slice(0, -1) : text;
   }
 }
 
@@ -204,27 +223,79 @@ class LogBatcher {
   }
 }
 
-/** Reads an attach stream to its end, handing lines to the sink. Never rejects. */
-async function pumpOutput(stream: Readable, sink: ContainerSink, maxLines: number): Promise<void> {
-  const batcher = new LogBatcher(sink, maxLines);
-  const demux = new Demuxer();
-  const splitters = { stdout: new LineSplitter(), stderr: new LineSplitter() };
-  let ts = Date.now();
-  const emitter = (s: LogStream) => (text: string) => batcher.add({ stream: s, text, timestampMs: ts });
-  const emit = { stdout: emitter('stdout'), stderr: emitter('stderr') };
-  try {
-    for await (const chunk of stream) {
-      ts = Date.now();
-      demux.push(chunk as Buffer, (s, bytes) => splitters[s].push(bytes, emit[s]));
-      await batcher.settle();
-    }
-  } catch {
-    // Destroyed (run aborted, drain timeout) or the connection dropped: deliver what we have.
+/** Where a read of the container's log starts. */
+interface ReadFrom {
+  /** Skip frames up to and including the one with this identity (stream and Docker's timestamp). */
+  after?: string;
+  /** Skip this many frames. */
+  skip?: number;
+}
+
+/**
+ * Reads a container's timestamped log, possibly in several reads (Docker can end a follow
+ * stream before the last messages it logged at the exit: a second read picks up after the last
+ * frame handled), and hands its lines to the sink.
+ */
+class OutputReader {
+  private readonly batcher: LogBatcher;
+  private readonly splitters = { stdout: new LineSplitter(), stderr: new LineSplitter() };
+  private readonly emit: Record<'stdout' | 'stderr', (text: string, timestampMs: number) => void>;
+  /** Frames handled so far. */
+  frames = 0;
+  /** Identity of the last frame handled; '' when it had no timestamp. */
+  last = '';
+  /** Docker's timestamp of the last frame handled. */
+  lastMs = 0;
+
+  constructor(sink: ContainerSink, maxLines: number) {
+    this.batcher = new LogBatcher(sink, maxLines);
+    const emitter = (s: LogStream) => (text: string, timestampMs: number) => this.batcher.add({ stream: s, text, timestampMs });
+    this.emit = { stdout: emitter('stdout'), stderr: emitter('stderr') };
   }
-  ts = Date.now();
-  splitters.stdout.end(emit.stdout);
-  splitters.stderr.end(emit.stderr);
-  await batcher.drain();
+
+  /** Reads `stream` to its end (or until it is destroyed); never rejects. Resolves false if `from.after` never came. */
+  async read(stream: Readable, from: ReadFrom = {}): Promise<boolean> {
+    const frames = new FrameReader();
+    let skipping = from.after !== undefined;
+    let skip = from.skip ?? 0;
+    try {
+      for await (const chunk of stream) {
+        frames.push(chunk as Buffer, (s, payload) => {
+          const { stamp, timestampMs, bytes } = splitTimestamp(payload);
+          const id = stamp ? `${s} ${stamp}` : '';
+          if (skipping) {
+            if (id === from.after) skipping = false;
+            return;
+          }
+          if (skip > 0) {
+            skip--;
+            return;
+          }
+          this.splitters[s].push(bytes, timestampMs, this.emit[s]);
+          this.frames++;
+          this.last = id;
+          if (stamp) this.lastMs = timestampMs;
+        });
+        await this.batcher.settle();
+      }
+    } catch {
+      // Destroyed (run aborted, drain timeout) or the connection dropped: deliver what we have.
+    }
+    return !skipping;
+  }
+
+  /**
+   * Hands over everything read. With `partial`, a last line without a newline too; without it
+   * (the run was aborted) that line is dropped: the container may still finish it, and the next
+   * run, which replays the output, hands over the whole line.
+   */
+  async finish(partial: boolean): Promise<void> {
+    if (partial) {
+      this.splitters.stdout.end(this.emit.stdout);
+      this.splitters.stderr.end(this.emit.stderr);
+    }
+    await this.batcher.drain();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -313,12 +384,12 @@ export class DockerRuntime implements ContainerRuntime {
     }
   }
 
-  run(spec: RunSpec, ctx: RunContext, sink: ContainerSink, signal?: AbortSignal): Promise<ExitInfo> {
+  run(spec: RunSpec, ctx: RunContext, sink: ContainerSink, signal?: AbortSignal, opts: RunOptions = {}): Promise<ExitInfo> {
     const existing = this.active.get(spec.allocationId);
     if (existing) return existing.promise;
     const entry: ActiveRun = { promise: Promise.resolve(null as never), killed: new AbortController() };
     this.active.set(spec.allocationId, entry);
-    entry.promise = this.runOnce(spec, ctx, sink, entry, signal).finally(() => {
+    entry.promise = this.runOnce(spec, ctx, sink, entry, signal, opts.adoptOnly ?? false).finally(() => {
       if (this.active.get(spec.allocationId) === entry) this.active.delete(spec.allocationId);
     });
     return entry.promise;
@@ -392,8 +463,10 @@ export class DockerRuntime implements ContainerRuntime {
     ctx: RunContext,
     sink: ContainerSink,
     entry: ActiveRun,
-    signal?: AbortSignal,
+    signal: AbortSignal | undefined,
+    adoptOnly: boolean,
   ): Promise<ExitInfo> {
+    const name = containerName(spec.allocationId);
     let containerId = '';
     // A container adopted while it ran is never removed on failure: kill() stops it gracefully.
     let adoptedRunning = false;
@@ -409,77 +482,93 @@ export class DockerRuntime implements ContainerRuntime {
     try {
       signal?.throwIfAborted();
       sink.state('PULLING', '');
-      const body = this.createBody(spec, ctx);
-      let adopted: Docker.ContainerInspectInfo | undefined;
-      let created: Awaited<ReturnType<DockerRuntime['createOrAdopt']>> | undefined;
-      if (spec.pullPolicy === 'always') {
-        await this.pull(spec.image, sink, stopSignal);
+      let created: { id: string; adopted?: Docker.ContainerInspectInfo } | 'missing-image' | undefined;
+      if (adoptOnly) {
+        created = await this.existing(spec.allocationId);
+        if (!created) {
+          throw new RunEnd({ exitCode: -1, failureKind: 'AGENT_ERROR', message: `container ${name} is gone: it was removed while the agent was not running` });
+        }
+        containerId = created.id;
       } else {
-        // Optimistic: create first and pull only if Docker lacks the image (saves a round trip).
-        created = await this.createOrAdopt(body, spec.allocationId, { missingImageOk: true });
-        if (created !== 'missing-image') {
-          containerId = created.id;
-          adoptedRunning = created.adopted?.State.Running ?? false;
-        } else {
-          checkStop('pulling');
+        const body = this.createBody(spec, ctx);
+        if (spec.pullPolicy === 'always') {
           await this.pull(spec.image, sink, stopSignal);
-          created = undefined;
+        } else {
+          // Optimistic: create first and pull only if Docker lacks the image (saves a round trip).
+          created = await this.createOrAdopt(body, spec.allocationId, { missingImageOk: true });
+          if (created !== 'missing-image') {
+            containerId = created.id;
+            adoptedRunning = created.adopted?.State.Running ?? false;
+          } else {
+            checkStop('pulling');
+            await this.pull(spec.image, sink, stopSignal);
+            created = undefined;
+          }
+        }
+        checkStop('pulling');
+        phase = 'starting';
+        sink.state('STARTING', typeof created === 'object' ? created.id : '');
+        if (!created) created = await this.createOrAdopt(body, spec.allocationId, { missingImageOk: false });
+        if (created === 'missing-image') {
+          throw new RunEnd({ exitCode: -1, failureKind: 'START_FAILED', message: `image ${spec.image} vanished after the pull` });
         }
       }
-      checkStop('pulling');
-      phase = 'starting';
-      sink.state('STARTING', typeof created === 'object' ? created.id : '');
-      if (!created) created = await this.createOrAdopt(body, spec.allocationId, { missingImageOk: false });
-      if (created === 'missing-image') {
-        throw new RunEnd({ exitCode: -1, failureKind: 'START_FAILED', message: `image ${spec.image} vanished after the pull` });
-      }
       containerId = created.id;
-      adopted = created.adopted;
+      const adopted = created.adopted;
       adoptedRunning = adopted?.State.Running ?? false;
       const container = this.docker.getContainer(containerId);
 
       if (adopted && !adopted.State.Running && adopted.State.Status !== 'created') {
-        // Left behind by an earlier run (e.g. before an agent restart): report how it ended.
+        // It ran and exited while no agent watched it (e.g. during an agent restart): hand over its
+        // output, then report how it ended.
+        if (adoptOnly) sink.state('RUNNING', containerId);
+        await this.pumpAll(container, sink, spec, signal);
+        signal?.throwIfAborted();
         const exit = this.exitInfo(spec, entry, adopted.State.ExitCode, adopted.State.OOMKilled);
         sink.state('TERMINATED', containerId, exit);
         await this.remove(containerId);
         return exit;
       }
-      if (!adoptedRunning) checkStop('starting');
-
-      // Attach before start, so that no output of a short-lived process is missed.
-      const stream = (await container.attach({ stream: true, stdout: true, stderr: true })) as unknown as Readable;
-      const pump = pumpOutput(stream, sink, this.logBatchLines);
-      const onAbort = () => stream.destroy();
-      signal?.addEventListener('abort', onAbort, { once: true });
-      try {
-        if (!adoptedRunning) {
-          try {
-            await container.start();
-          } catch (err) {
-            // 304: already started (a concurrent run of the same allocation started it).
-            if (statusOf(err) !== 304) {
-              stream.destroy();
-              await pump;
-              throw this.failure('START_FAILED', `starting container ${containerName(spec.allocationId)} failed`, err);
-            }
-          }
+      if (!adoptedRunning) {
+        checkStop('starting');
+        if (adoptOnly) sink.state('STARTING', containerId);
+        try {
+          await container.start();
+        } catch (err) {
+          // 304: already started (a concurrent run of the same allocation started it).
+          if (statusOf(err) !== 304) throw this.failure('START_FAILED', `starting container ${name} failed`, err);
         }
-        phase = 'running';
-        sink.state('RUNNING', containerId);
-        if (entry.kill) void this.signalContainer(containerId, entry.kill.signal, entry.kill.gracePeriodMs, entry.kill).catch(() => undefined);
+      }
+      phase = 'running';
+      sink.state('RUNNING', containerId);
+      if (entry.kill) void this.signalContainer(containerId, entry.kill.signal, entry.kill.gracePeriodMs, entry.kill).catch(() => undefined);
 
+      // The output is read from the container's log, from its first line: nothing a short-lived
+      // process wrote is missed, and an adopted container's output comes again in the same order.
+      const output = new OutputReader(sink, this.logBatchLines);
+      const stream = await this.openOutput(container, sink, spec);
+      const pump = stream ? output.read(stream) : Promise.resolve(true);
+      const onAbort = () => stream?.destroy();
+      signal?.addEventListener('abort', onAbort, { once: true });
+      if (signal?.aborted) onAbort();
+      try {
         let waited: { StatusCode: number };
         try {
           const waitOpts: Docker.ContainerWaitOptions = signal ? { condition: 'not-running', abortSignal: signal } : { condition: 'not-running' };
           waited = (await container.wait(waitOpts)) as { StatusCode: number };
         } catch (err) {
           signal?.throwIfAborted();
-          stream.destroy();
+          stream?.destroy();
           await pump;
-          throw this.failure('AGENT_ERROR', `waiting for container ${containerName(spec.allocationId)} failed`, err);
+          await output.finish(true);
+          throw this.failure('AGENT_ERROR', `waiting for container ${name} failed`, err);
         }
-        await this.drainOutput(stream, pump);
+        if (stream) {
+          await this.drainOutput(stream, pump);
+          signal?.throwIfAborted();
+          await this.catchUp(container, output, signal);
+        }
+        await output.finish(!signal?.aborted);
         signal?.throwIfAborted();
         let oomKilled = false;
         if (waited.StatusCode !== 0) {
@@ -500,13 +589,77 @@ export class DockerRuntime implements ContainerRuntime {
       else if (entry.kill) exit = { exitCode: -1, failureKind: 'KILLED', message: `killed (${entry.kill.signal}) while ${phase}` };
       else exit = { exitCode: -1, failureKind: 'AGENT_ERROR', message: `running ${spec.image} failed: ${errorMessage(err)}` };
       sink.state('TERMINATED', containerId, exit);
-      if (containerId && !adoptedRunning) await this.remove(containerId);
+      if (containerId && !adoptedRunning && !adoptOnly) await this.remove(containerId);
       return exit;
     }
   }
 
+  /**
+   * The container's timestamped log from its first line (or from `sinceSec`), following it while
+   * the container runs: Docker ends the stream once the container has stopped and its log is read.
+   */
+  private async logStream(container: Docker.Container, sinceSec?: number): Promise<Readable> {
+    const opts = { follow: true as const, stdout: true, stderr: true, timestamps: true, ...(sinceSec !== undefined ? { since: sinceSec } : {}) };
+    return (await container.logs(opts)) as unknown as Readable;
+  }
+
+  /**
+   * logStream() from the first line. Undefined when Docker cannot give it (e.g. logging driver
+   * "none"): the run goes on without output, saying why.
+   */
+  private async openOutput(container: Docker.Container, sink: ContainerSink, spec: RunSpec): Promise<Readable | undefined> {
+    try {
+      return await this.logStream(container);
+    } catch (err) {
+      if (isConnectionError(err)) throw err;
+      const text = `the output of container ${containerName(spec.allocationId)} is not available: ${dockerMessage(err)}`;
+      await Promise.resolve(sink.logs([{ stream: 'agent', text, timestampMs: Date.now() }])).catch(() => undefined);
+      return undefined;
+    }
+  }
+
+  /** Hands over the whole output of a stopped container. */
+  private async pumpAll(container: Docker.Container, sink: ContainerSink, spec: RunSpec, signal?: AbortSignal): Promise<void> {
+    const output = new OutputReader(sink, this.logBatchLines);
+    const stream = await this.openOutput(container, sink, spec);
+    if (stream) await this.readWithAbort(stream, output, {}, signal);
+    await output.finish(!signal?.aborted);
+  }
+
+  /**
+   * After the exit: a follow stream may have ended before the last messages Docker logged at the
+   * exit (dockerd 20.10 does this now and then), so the stopped container's log is read once more
+   * from shortly before the last frame handled, picking up after that frame (frames carry
+   * nanosecond timestamps). If that frame cannot be found, the whole log is read again, skipping
+   * the frames already handled.
+   */
+  private async catchUp(container: Docker.Container, output: OutputReader, signal?: AbortSignal): Promise<void> {
+    if (output.frames > 0 && output.last) {
+      const since = Math.max(0, Math.floor(output.lastMs / 1000) - CATCH_UP_WINDOW_S);
+      const stream = await this.logStream(container, since).catch(() => undefined);
+      if (!stream) return;
+      if (await this.readWithAbort(stream, output, { after: output.last }, signal)) return;
+    }
+    signal?.throwIfAborted();
+    const stream = await this.logStream(container).catch(() => undefined);
+    if (stream) await this.readWithAbort(stream, output, { skip: output.frames }, signal);
+  }
+
+  private async readWithAbort(stream: Readable, output: OutputReader, from: ReadFrom, signal?: AbortSignal): Promise<boolean> {
+    const onAbort = () => stream.destroy();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    if (signal?.aborted) onAbort();
+    try {
+      const read = output.read(stream, from);
+      await this.drainOutput(stream, read);
+      return await read;
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
   /** Waits for the output stream to end after the exit; cuts it off if it lingers. */
-  private async drainOutput(stream: Readable, pump: Promise<void>): Promise<void> {
+  private async drainOutput(stream: Readable, pump: Promise<unknown>): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
     const cutOff = new Promise<void>((resolve) => {
       timer = setTimeout(() => {
@@ -603,10 +756,19 @@ export class DockerRuntime implements ContainerRuntime {
       if (status !== 409) throw this.failure('START_FAILED', `creating container ${name} failed`, err);
     }
     // 409: the name is taken. Reuse the container if it is this allocation's.
+    const found = await this.existing(allocationId);
+    if (!found) throw new RunEnd({ exitCode: -1, failureKind: 'START_FAILED', message: `container ${name} was removed while it was being created` });
+    return found;
+  }
+
+  /** The allocation's container, if there is one; a container of that name that is not the allocation's fails the run. */
+  private async existing(allocationId: string): Promise<{ id: string; adopted: Docker.ContainerInspectInfo } | undefined> {
+    const name = containerName(allocationId);
     let info: Docker.ContainerInspectInfo;
     try {
       info = await this.docker.getContainer(name).inspect();
     } catch (err) {
+      if (statusOf(err) === 404) return undefined;
       throw this.failure('START_FAILED', `container ${name} exists but cannot be inspected`, err);
     }
     if (info.Config.Labels?.[CONTAINER_LABELS.allocation] !== allocationId) {

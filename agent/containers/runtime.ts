@@ -62,6 +62,15 @@ export interface ManagedContainer {
   exitCode: number | null;
 }
 
+/** How a run treats the allocation's container. */
+export interface RunOptions {
+  /**
+   * The container exists already (found after an agent restart): adopt it, never pull or create.
+   * If it is gone, the run ends as AGENT_ERROR instead of starting the task a second time.
+   */
+  adoptOnly?: boolean;
+}
+
 /** Runs task containers. */
 export interface ContainerRuntime {
   /** Checks that the container engine answers; throws DetError DET_ERR_DOCKER_UNREACHABLE if not. */
@@ -71,8 +80,11 @@ export interface ContainerRuntime {
    * Task failures (pull, start, non-zero exit, kill) resolve as ExitInfo after sink.state('TERMINATED').
    * Rejects only when `signal` aborts: the container is then left as it is, for a later run to adopt.
    * A second run of an allocation already running in this runtime joins the first (same result).
+   * The container's stdout/stderr lines are handed over from its FIRST line on every run, an
+   * adopted container's included, always split the same way: a line's position in the output is
+   * stable across agent restarts (the manager numbers lines by it).
    */
-  run(spec: RunSpec, ctx: RunContext, sink: ContainerSink, signal?: AbortSignal): Promise<ExitInfo>;
+  run(spec: RunSpec, ctx: RunContext, sink: ContainerSink, signal?: AbortSignal, opts?: RunOptions): Promise<ExitInfo>;
   /** Sends `signal` (default SIGTERM), then SIGKILL after the grace period; harmless if already gone. */
   kill(allocationId: string, signal: string, gracePeriodMs: number): Promise<void>;
   /** Force-removes an allocation's container (killing it if it runs); harmless if gone. */

@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ContainerManager } from '../../agent/containers/manager';
+import { prepareTask, type TaskFilesDeps } from '../../agent/containers/task-files';
 import { Outbox } from '../../agent/session/outbox';
 import { readManifest } from '../../common/checkpoints/download';
 import { createLogger } from '../../common/log';
@@ -22,6 +23,7 @@ describe('agent: checkpoints of task containers (fake runtime, real files)', fun
   let runtime: FakeRuntime;
   let manager: ContainerManager;
   let workDir: string;
+  let files: TaskFilesDeps;
   let seq = 0;
 
   beforeEach(() => {
@@ -31,7 +33,7 @@ describe('agent: checkpoints of task containers (fake runtime, real files)', fun
     outbox.attach({ write: (m) => (sent.push(m), true), drained: async () => undefined });
     const log = createLogger('agent', { level: 'error', sink: () => undefined });
     // A long rescan period: checkpoints are found by inotify, flush() or the exit.
-    const files = testTaskFiles(log, { rescanIntervalMs: 60_000 });
+    files = testTaskFiles(log, { rescanIntervalMs: 60_000 });
     workDir = files.workDir;
     runtime = new FakeRuntime();
     manager = new ContainerManager(runtime, { clusterId: 'c', agentId: 'a', networkMode: 'host', devices: [] }, outbox, log, files);
@@ -53,8 +55,8 @@ describe('agent: checkpoints of task containers (fake runtime, real files)', fun
   const hostCheckpointDir = (run: FakeRun) => run.spec.mounts!.find((m) => m.containerPath === run.spec.env.DET_CHECKPOINT_DIR)!.hostPath;
 
   /** Writes a complete checkpoint the way a trial does (marker last). */
-  function writeCheckpoint(run: FakeRun, name: string, files: Record<string, string>, metadata?: object): void {
-    const dir = path.join(hostCheckpointDir(run), name);
+  function writeCheckpoint(run: FakeRun | string, name: string, files: Record<string, string>, metadata?: object): void {
+    const dir = path.join(typeof run === 'string' ? run : hostCheckpointDir(run), name);
     for (const [rel, content] of Object.entries(files)) {
       fs.mkdirSync(path.dirname(path.join(dir, rel)), { recursive: true });
       fs.writeFileSync(path.join(dir, rel), content);
@@ -154,6 +156,55 @@ describe('agent: checkpoints of task containers (fake runtime, real files)', fun
     const vocab = m2.files.find((f) => f.path === 'vocab.txt')!;
     assert.equal(vocab.key, `${uuid}/vocab.txt`, 'the unchanged file points at the first checkpoint');
     assert.equal(m2.files.find((f) => f.path === 'model.bin')!.key, `${reports()[1].uuid}/model.bin`);
+  });
+
+  it('after an agent restart: checkpoints stored before are reported again, not stored twice; one written meanwhile is stored (with dedupe against the restored one) before TERMINATED', async () => {
+    // Attempt 0 stores step-0, so that attempt 1 starts from it.
+    const first = spec();
+    manager.start(first);
+    const run0 = await runtime.waitForRun(first.allocationId);
+    writeCheckpoint(run0, 'step-0', { 'model.bin': 'weights-0', 'vocab.txt': 'the vocabulary' });
+    run0.finish({ exitCode: 1, failureKind: 'EXIT_NONZERO', message: 'exit status 1' });
+    await waitFor(() => reports().length === 1 && kinds(first.allocationId).includes('TERMINATED'), { what: 'attempt 0 to end' });
+    const uuid0 = reports()[0].uuid;
+
+    // Attempt 1 under an agent run that is then SIGKILLed: prepared and saved as the manager does,
+    // step-1 stored and reported, and then nothing more from that agent.
+    const s = spec({ taskId: first.taskId, allocationId: `${first.taskId}.1`, trialId: first.trialId, latestCheckpointUuid: uuid0 });
+    const earlier: CheckpointReport[] = [];
+    const prepared = await prepareTask(s, files, () => undefined, async (c) => void earlier.push(c), new AbortController().signal);
+    await prepared.save();
+    const hostDir = path.join(prepared.dir, 'checkpoints');
+    prepared.checkpoints.start();
+    writeCheckpoint(hostDir, 'step-1', { 'model.bin': 'weights-1', 'vocab.txt': 'the vocabulary' });
+    await prepared.checkpoints.finish();
+    assert.deepEqual(earlier.map((c) => c.name), ['step-1']);
+    // While no agent runs, the trial completes step-2.
+    writeCheckpoint(hostDir, 'step-2', { 'model.bin': 'weights-2', 'vocab.txt': 'the vocabulary' });
+
+    // The restarted agent finds the container, reports it, and resumes it once the master expects it.
+    runtime.managed = [{ allocationId: s.allocationId, taskId: s.taskId, containerId: 'ctr-1', running: true, exitCode: null }];
+    await manager.adopt('a');
+    assert.deepEqual(
+      manager.reports().filter((r) => r.allocationId === s.allocationId),
+      [{ allocationId: s.allocationId, containerId: 'ctr-1', state: 'RUNNING', lastLogSequence: 0, exit: undefined }],
+    );
+    manager.reconcile([s.allocationId]);
+    const run = await runtime.waitForRun(s.allocationId);
+    assert.deepEqual(run.options, { adoptOnly: true });
+    assert.deepEqual(run.spec, prepared.spec);
+    run.finish({ exitCode: 0, failureKind: 'NONE', message: 'exited with code 0' });
+    await waitFor(() => kinds(s.allocationId).includes('TERMINATED'), { what: 'TERMINATED of attempt 1' });
+
+    assert.deepEqual(kinds(s.allocationId), ['checkpoint', 'checkpoint', 'TERMINATED']);
+    const [again, step2] = reports().filter((c) => c.allocationId === s.allocationId);
+    assert.deepEqual(again, earlier[0], 'step-1 is reported again as it was (the master ignores a repeat)');
+    assert.equal(step2.name, 'step-2');
+    const stored = fs.readdirSync(storeDir).sort();
+    assert.deepEqual(stored, [uuid0, earlier[0].uuid, step2.uuid].sort(), 'step-1 was not stored a second time');
+    const m2 = await readManifest(new SharedFsStorage({ hostPath: storeDir }), step2.uuid);
+    assert.equal(m2.files.find((f) => f.path === 'vocab.txt')!.key, `${uuid0}/vocab.txt`, 'the restored checkpoint is still known for dedupe');
+    await waitFor(() => !fs.existsSync(prepared.dir), { what: 'the allocation directory to be removed' });
   });
 
   it('a checkpoint that cannot be restored fails the start with the reason', async () => {

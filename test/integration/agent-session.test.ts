@@ -4,7 +4,9 @@
 // reconciliation, fatal rejections, cancellation, backoff, and the outbox's
 // backpressure. No Docker needed.
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
 import * as os from 'node:os';
+import * as path from 'node:path';
 import { ContainerManager } from '../../agent/containers/manager';
 import type { AgentOptions } from '../../agent/options';
 import { Outbox, type OutboxStream } from '../../agent/session/outbox';
@@ -99,6 +101,15 @@ interface AgentUnderTest {
   done: Promise<void>;
   /** How run() settled, once it has. */
   outcome: { settled: false } | { settled: true; error: unknown };
+  /** The agent's work dir (allocation files). */
+  workDir: string;
+}
+
+/** How a test agent starts: with another agent's work dir and containers, adopting them first (as det-agent does). */
+interface StartOptions {
+  workDir?: string;
+  runtime?: FakeRuntime;
+  adopt?: boolean;
 }
 
 const agents: AgentUnderTest[] = [];
@@ -110,16 +121,17 @@ async function startFake(opts: FakeAgentServiceOptions = {}): Promise<FakeAgentS
   return fake;
 }
 
-function startAgent(port: number, o: Partial<AgentOptions> = {}): AgentUnderTest {
+function startAgent(port: number, o: Partial<AgentOptions> = {}, start: StartOptions = {}): AgentUnderTest {
   const opts = agentOptions(port, o);
   const log = captureLogger();
   const outbox = new Outbox();
-  const runtime = new FakeRuntime();
-  const manager = new ContainerManager(runtime, { clusterId: '', agentId: opts.agentId, networkMode: opts.containerNetworkMode, devices: DEVICES }, outbox, log.child('containers'), testTaskFiles(log));
+  const runtime = start.runtime ?? new FakeRuntime();
+  const files = testTaskFiles(log, start.workDir ? { workDir: start.workDir } : {});
+  const manager = new ContainerManager(runtime, { clusterId: '', agentId: opts.agentId, networkMode: opts.containerNetworkMode, devices: DEVICES }, outbox, log.child('containers'), files);
   const session = new AgentSession(opts, DEVICES, manager, outbox, log.child('session'));
   const controller = new AbortController();
-  const a: AgentUnderTest = { session, manager, outbox, runtime, log, controller, done: Promise.resolve(), outcome: { settled: false } };
-  a.done = session.run(controller.signal);
+  const a: AgentUnderTest = { session, manager, outbox, runtime, log, controller, done: Promise.resolve(), outcome: { settled: false }, workDir: files.workDir };
+  a.done = start.adopt ? manager.adopt(opts.agentId).then(() => session.run(controller.signal)) : session.run(controller.signal);
   a.done.then(
     () => (a.outcome = { settled: true, error: undefined }),
     (error) => (a.outcome = { settled: true, error }),
@@ -410,7 +422,13 @@ describe('agent session against a fake master', function () {
       const run = await startRunning(fake, a, 'alloc-x', 'ctr-x');
       fake.freeze(c1);
       run.finish({ exitCode: 0, failureKind: 'NONE', message: 'finished while the master hung' });
-      await waitFor(() => a.outbox.pending === 0, { what: 'the outbox to hand TERMINATED to the stream', timeoutMs: 5_000, intervalMs: 5 });
+      // TERMINATED follows the checkpoint sync and the removal of the allocation's files: wait until
+      // it has been handed to the (frozen) stream, which is when Register would start reporting it.
+      await waitFor(() => a.manager.reports().some((r) => r.allocationId === 'alloc-x' && r.state === 'TERMINATED'), {
+        what: 'the outbox to hand TERMINATED to the stream',
+        timeoutMs: 5_000,
+        intervalMs: 5,
+      });
       await flush();
       assert.equal(hasTerminated('alloc-x', c1.received), false, 'the frozen master read nothing');
 
@@ -462,6 +480,77 @@ describe('agent session against a fake master', function () {
       fake.end(c3);
       const c4 = await fake.waitForRegister(4);
       assert.deepEqual(registerOf(c4).containers, []);
+    });
+  });
+
+  describe('agent restart: adopting the containers of an earlier run', () => {
+    /** Texts of an allocation's log lines as "sequence:text", in arrival order. */
+    const numbered = (allocationId: string, msgs: AgentToMaster[]) =>
+      msgs.flatMap((m) => (m.kind === 'logs' && m.allocationId === allocationId ? m.lines.map((l) => `${l.sequence}:${l.text}`) : []));
+
+    it('reports them in the first Register, resumes the expected one with stable log sequences and its real exit, removes the rest', async () => {
+      const fake = await startFake();
+      const a = startAgent(fake.port);
+      const c1 = await fake.waitForRegister(1);
+      const runA = await startRunning(fake, a, 'alloc-r', 'ctr-r');
+      await startRunning(fake, a, 'alloc-stale', 'ctr-stale');
+      await runA.logs({ stream: 'agent', text: 'Pulled image' }, 'one', { stream: 'stderr', text: 'two' });
+      await runA.logs('three');
+      await fake.waitFor('4 lines of alloc-r', () => sequences('alloc-r', c1.received).length === 4);
+      assert.deepEqual(numbered('alloc-r', c1.received), ['1:Pulled image', '2:one', '3:two', '4:three']);
+
+      // "SIGKILL": the first agent's session goes away; its containers and files stay. A second agent
+      // with the same id and work dir finds the containers by their labels (plus one without files).
+      a.controller.abort(new Error('SIGKILL'));
+      await within(a.done, 5_000, 'the first agent to stop');
+      const runtime = new FakeRuntime();
+      runtime.managed = [
+        { allocationId: 'alloc-r', taskId: 'task-of-alloc-r', containerId: 'ctr-r', running: true, exitCode: null },
+        { allocationId: 'alloc-stale', taskId: 'task-of-alloc-stale', containerId: 'ctr-stale', running: true, exitCode: null },
+        { allocationId: 'alloc-unknown', taskId: 'task-of-alloc-unknown', containerId: 'ctr-unknown', running: false, exitCode: 0 },
+      ];
+      fake.onRegister = () => ({ registered: { expectedAllocationIds: ['alloc-r'] } });
+      startAgent(fake.port, {}, { workDir: a.workDir, runtime, adopt: true });
+      const c2 = await fake.waitForRegister(2);
+      // A container without saved allocation files is removed before Register (and not reported);
+      // alloc-stale's removal follows Registered.
+      assert.equal(runtime.discards[0], 'alloc-unknown');
+      assert.deepEqual(
+        registerOf(c2).containers.sort((x, y) => x.allocationId.localeCompare(y.allocationId)),
+        [
+          { allocationId: 'alloc-r', containerId: 'ctr-r', state: 'RUNNING', lastLogSequence: 4, exit: undefined },
+          { allocationId: 'alloc-stale', containerId: 'ctr-stale', state: 'RUNNING', lastLogSequence: 0, exit: undefined },
+        ],
+      );
+
+      // The expected one is resumed: the runtime adopts the container with the saved spec, never creating one.
+      const runB = await runtime.waitForRun('alloc-r');
+      assert.deepEqual(runB.options, { adoptOnly: true });
+      assert.deepEqual(runB.spec, runA.spec, 'the spec as prepared by the first agent (mounts and env included)');
+      assert.equal(runtime.latest('alloc-stale'), undefined, 'an allocation the master does not expect is not resumed');
+      await fake.waitFor('alloc-stale reported gone', () => hasTerminated('alloc-stale', c2.received));
+      assert.ok(runtime.discards.includes('alloc-stale'));
+      const stale = c2.received.find((m) => m.kind === 'containerState' && m.allocationId === 'alloc-stale');
+      assert.equal(stale?.kind === 'containerState' && stale.exit?.failureKind, 'KILLED');
+
+      // The runtime replays the output from its first line; the container then printed "four" and exited with 3.
+      runB.state('RUNNING', 'ctr-r');
+      await runB.logs('one', { stream: 'stderr', text: 'two' }, 'three', 'four');
+      runB.finish({ exitCode: 3, failureKind: 'EXIT_NONZERO', message: 'exited with code 3' });
+      await fake.waitFor('TERMINATED of alloc-r', () => hasTerminated('alloc-r', c2.received));
+      const after = numbered('alloc-r', c2.received);
+      // Old lines keep their sequences (the master drops them as seen); the agent's note and "four" come after.
+      assert.deepEqual(after.slice(0, 3), ['2:one', '3:two', '4:three']);
+      assert.match(after[3], /^5:the agent restarted and reattached to container ctr-r/);
+      assert.deepEqual(after.slice(4), ['6:four']);
+      assert.deepEqual(
+        about('alloc-r', c2.received).map((m) => (m.kind === 'containerState' ? m.state : m.kind)),
+        ['logs', 'TERMINATED'],
+        'no PULLING/STARTING/RUNNING again: the master already has RUNNING',
+      );
+      const end = c2.received.find((m) => m.kind === 'containerState' && m.allocationId === 'alloc-r' && m.state === 'TERMINATED');
+      assert.deepEqual(end?.kind === 'containerState' && end.exit, { exitCode: 3, failureKind: 'EXIT_NONZERO', message: 'exited with code 3' });
+      await waitFor(() => !fs.existsSync(path.join(a.workDir, 'allocations', 'alloc-r')), { what: "the allocation's files to be removed", timeoutMs: 5_000, intervalMs: 10 });
     });
   });
 

@@ -477,6 +477,73 @@ describe('DockerRuntime (real dockerd)', function () {
       assert.deepEqual(await containersOf(s.allocationId), []);
     });
 
+    it('adoptOnly: a container that is gone ends the run as AGENT_ERROR; none is created', async () => {
+      const rec = recorder();
+      const s = spec();
+      const exit = await runtime.run(s, ctx, rec.sink, undefined, { adoptOnly: true });
+      assert.equal(exit.failureKind, 'AGENT_ERROR');
+      assert.match(exit.message, /^container det-itest-.* is gone: it was removed while the agent was not running$/);
+      assert.deepEqual(rec.stateNames(), ['PULLING', 'TERMINATED']);
+      assert.deepEqual(await containersOf(s.allocationId), []);
+    });
+
+    it('adoptOnly: a container that exited while no agent watched hands over its whole output, then its real exit code', async () => {
+      const s = spec({ pullPolicy: 'always' }); // adoption never pulls, whatever the policy
+      const c = await docker.createContainer({
+        name: containerName(s.allocationId),
+        Image: env.localImage,
+        Cmd: ['sh', '-c', 'echo one; echo two >&2; printf three; exit 5'],
+        Labels: { ...TEST_LABELS, [CONTAINER_LABELS.managed]: 'true', [CONTAINER_LABELS.agent]: ctx.agentId, [CONTAINER_LABELS.allocation]: s.allocationId },
+        HostConfig: { NetworkMode: 'host' },
+      });
+      await c.start();
+      await c.wait();
+      const rec = recorder();
+      const exit = await runtime.run(s, ctx, rec.sink, undefined, { adoptOnly: true });
+      assert.deepEqual(exit, { exitCode: 5, failureKind: 'EXIT_NONZERO', message: 'exited with code 5' });
+      assert.deepEqual(rec.stdout(), ['one', 'three']);
+      assert.deepEqual(rec.stderr(), ['two']);
+      assert.deepEqual(rec.agent(), [], 'no pull');
+      assert.deepEqual(rec.stateNames(), ['PULLING', 'RUNNING', 'TERMINATED']);
+      assert.equal(rec.states[2].containerId, c.id);
+      assert.deepEqual(await containersOf(s.allocationId), []);
+    });
+
+    it('a replay by another runtime hands over the same lines in the same order: interleaved streams, a line cut at 64 KiB', async () => {
+      const s = spec(sh(
+        'i=1; while [ $i -le 150 ]; do echo "out $i"; echo "err $i" >&2; i=$((i+1)); done; ' +
+        "head -c 100000 /dev/zero | tr '\\0' x; echo; echo ready; " +
+        'while [ ! -e /tmp/stop ]; do sleep 0.1; done; echo after; exit 0',
+      ));
+      const recA = recorder();
+      const abort = new AbortController();
+      const first = runtime.run(s, ctx, recA.sink, abort.signal);
+      await waitFor(() => recA.stdout().includes('ready'), { what: 'the container to print ready' });
+      abort.abort(new Error('agent SIGKILLed'));
+      await assert.rejects(first, /agent SIGKILLed/);
+      const seen = recA.lines.map((l) => `${l.stream}:${l.text}`);
+      assert.equal(seen.length, 150 * 2 + 2 + 1);
+      const long = recA.stdout().filter((t) => t.startsWith('xxx'));
+      assert.deepEqual(long.map((t) => t.length), [65_536, 100_000 - 65_536], 'the long line is cut at 64 KiB');
+
+      const other = new DockerRuntime({ socketPath: env.dockerSocket });
+      const recB = recorder();
+      const adopted = other.run(s, ctx, recB.sink, undefined, { adoptOnly: true });
+      await waitFor(() => recB.stdout().includes('ready'), { what: 'the replay to reach ready' });
+      assert.deepEqual(recB.lines.map((l) => `${l.stream}:${l.text}`), seen, 'the replay repeats the first run exactly');
+      assert.deepEqual(
+        recB.lines.map((l) => l.timestampMs),
+        recA.lines.map((l) => l.timestampMs),
+        "lines carry Docker's timestamps, the same in both runs",
+      );
+      const [c] = await containersOf(s.allocationId);
+      const ex = await docker.getContainer(c.Id).exec({ Cmd: ['sh', '-c', ': > /tmp/stop'] });
+      await ex.start({ Detach: true });
+      const exit = await adopted;
+      assert.equal(exit.failureKind, 'NONE');
+      assert.deepEqual(recB.lines.map((l) => `${l.stream}:${l.text}`), [...seen, 'stdout:after']);
+    });
+
     it('an aborted run rejects and leaves the container running; a later run adopts it', async () => {
       const s = spec(sh('echo ready; while [ ! -e /tmp/stop ]; do sleep 0.1; done; echo stopping; exit 6'));
       const recA = recorder();
@@ -496,7 +563,8 @@ describe('DockerRuntime (real dockerd)', function () {
       await ex.start({ Detach: true });
       const exit = await second;
       assert.deepEqual(exit, { exitCode: 6, failureKind: 'EXIT_NONZERO', message: 'exited with code 6' });
-      assert.deepEqual(recB.stdout(), ['stopping'], 'output after the adoption is delivered');
+      // From its first line again: a line's position in the output is stable across adoptions.
+      assert.deepEqual(recB.stdout(), ['ready', 'stopping'], 'the whole output, the part after the adoption included');
       assert.deepEqual(recB.stateNames(), ['PULLING', 'STARTING', 'RUNNING', 'TERMINATED']);
       assert.deepEqual(await containersOf(s.allocationId), []);
     });

@@ -1,7 +1,7 @@
 // A fake ContainerRuntime for tests of the agent's session and container
 // manager: every run() is handed to the test as a FakeRun whose states, log
 // lines and exit the test drives; kill() and listManaged() are recorded.
-import type { ContainerRuntime, ContainerSink, ManagedContainer, PullProgress, RunContext, RunSpec, RuntimeLogLine } from '../../agent/containers/runtime';
+import type { ContainerRuntime, ContainerSink, ManagedContainer, PullProgress, RunContext, RunOptions, RunSpec, RuntimeLogLine } from '../../agent/containers/runtime';
 import type { ContainerState, ExitInfo, LogStream, TaskSpec } from '../../common/types';
 
 /** One recorded kill() call. */
@@ -26,6 +26,8 @@ export class FakeRun {
     readonly ctx: RunContext,
     private readonly sink: ContainerSink,
     readonly signal: AbortSignal | undefined,
+    /** The run's options (adoptOnly for a container adopted after an agent restart). */
+    readonly options: RunOptions = {},
   ) {
     this.result = new Promise<ExitInfo>((resolve, reject) => {
       this.resolveRun = resolve;
@@ -91,8 +93,8 @@ export class FakeRuntime implements ContainerRuntime {
 
   async ping(): Promise<void> {}
 
-  run(spec: RunSpec, ctx: RunContext, sink: ContainerSink, signal?: AbortSignal): Promise<ExitInfo> {
-    const r = new FakeRun(structuredClone(spec), { ...ctx }, sink, signal);
+  run(spec: RunSpec, ctx: RunContext, sink: ContainerSink, signal?: AbortSignal, opts: RunOptions = {}): Promise<ExitInfo> {
+    const r = new FakeRun(structuredClone(spec), { ...ctx }, sink, signal, { ...opts });
     this.runs.push(r);
     for (const w of this.waiters.filter((w) => w.allocationId === spec.allocationId)) {
       this.waiters.splice(this.waiters.indexOf(w), 1);
