@@ -10,7 +10,7 @@ import { ContainerEvents } from '../support/container-events';
 import { testEnv, waitFor } from '../support/env';
 import { det, startAgent, type DetProcess, type TestMaster } from '../support/processes';
 import {
-  assertCompleteInOrder, killHard, MasterApi, numberedLines, numberedTrialsYaml, saveLogsIfFailed, startMasterFrom, stateOf, tmpDir, uniqueSuffix, waitTrialEnded, writeConfig,
+  assertCompleteInOrder, createTestDatabase, killHard, MasterApi, numberedLines, numberedTrialsYaml, saveLogsIfFailed, startMasterFrom, stateOf, tmpDir, uniqueSuffix, waitTrialEnded, writeConfig,
   type MasterSetup,
 } from '../support/recovery';
 
@@ -19,6 +19,7 @@ describe('e2e recovery: agent SIGKILL and restart', function () {
   const env = testEnv();
   const docker = new Docker({ socketPath: env.dockerSocket });
   const started: DetProcess[] = [];
+  const drops: (() => Promise<void>)[] = [];
   let api: MasterApi | undefined;
   let events: ContainerEvents | undefined;
   afterEach(async function () {
@@ -26,11 +27,18 @@ describe('e2e recovery: agent SIGKILL and restart', function () {
     events?.stop();
     api?.close();
     await Promise.all(started.splice(0).map((p) => p.stop()));
+    for (const drop of drops.splice(0)) await drop();
   });
 
   /** A master with a grace period long enough that the agent's restart always falls within it. */
-  async function cluster(): Promise<{ master: TestMaster; agentId: string; workDir: string; startOurAgent: () => Promise<DetProcess> }> {
-    const setup: MasterSetup = { dataDir: tmpDir('det-e2e-recovery-agent-'), token: `recovery-agent-${uniqueSuffix()}`, args: [], env: { DET_AGENT_RECONNECT_GRACE: '30s' }, port: 0 };
+  async function cluster(store: 'SQLite' | 'PostgreSQL' = 'SQLite'): Promise<{ master: TestMaster; agentId: string; workDir: string; startOurAgent: () => Promise<DetProcess> }> {
+    const args: string[] = [];
+    if (store === 'PostgreSQL') {
+      const db = await createTestDatabase(env.pgUrl, 'det_e2e_recovery_agent');
+      drops.push(() => db.drop());
+      args.push('--db', db.url);
+    }
+    const setup: MasterSetup = { dataDir: tmpDir('det-e2e-recovery-agent-'), token: `recovery-agent-${uniqueSuffix()}`, args, env: { DET_AGENT_RECONNECT_GRACE: '30s' }, port: 0 };
     const master = await startMasterFrom(setup);
     started.push(master.proc);
     api = new MasterApi(master.address);
@@ -51,8 +59,8 @@ describe('e2e recovery: agent SIGKILL and restart', function () {
     return Number(/Created experiment (\d+)/.exec(r.stdout)![1]);
   }
 
-  it('the restarted agent reattaches the running container: the trial completes with 0 restarts and every log line exactly once, in order', async () => {
-    const { master, startOurAgent } = await cluster();
+  for (const store of ['SQLite', 'PostgreSQL'] as const) it(`${store}: the restarted agent reattaches the running container: the trial completes with 0 restarts and every log line exactly once, in order`, async () => {
+    const { master, startOurAgent } = await cluster(store);
     const agent = await startOurAgent();
     const lines = 40;
     const expId = await createExperiment(master, numberedTrialsYaml({ name: 'agent-restart', image: env.image, lines: String(lines), sleep: 0.25, maxRestarts: 1 }));
