@@ -24,6 +24,7 @@ import { PART_SIZE, QUEUE_SIZE } from '../common/storage/s3';
 import { s3TestProcessEnv } from '../test/support/awscli';
 import { testEnv } from '../test/support/env';
 import { S3_TEST_REGION, S3RVER_CREDENTIALS } from '../test/support/s3';
+import { exitOnHelp, intOptions } from './options';
 
 /** Our throughput must be at least this multiple of awscli's. */
 const TARGET_RATIO_VS_AWSCLI = 1.5;
@@ -71,16 +72,8 @@ function parseOptions(argv: string[]): Options {
     },
     strict: true,
   });
-  if (values.help) {
-    process.stdout.write(USAGE + '\n');
-    process.exit(0);
-  }
-  const int = (name: string, v: string | undefined, dflt: number, min: number) => {
-    if (v === undefined) return dflt;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new Error(`--${name} must be an integer >= ${min}, got '${v}'\n${USAGE}`);
-    return n;
-  };
+  exitOnHelp(values.help, USAGE);
+  const int = intOptions(USAGE);
   const o: Options = {
     sizeMiB: int('size-mib', values['size-mib'], 1024, 1),
     smallFiles: int('small-files', values['small-files'], 2000, 0),

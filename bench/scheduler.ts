@@ -12,6 +12,7 @@
 // Exits 0 whether or not the target is met; non-zero only when something broke.
 import { parseArgs } from 'node:util';
 import { schedule, type AgentCapacity, type Assignment, type PendingTask, type PoolPolicy, type RunningTask } from '../master/scheduler/scheduler';
+import { exitOnHelp, intOptions } from './options';
 
 /** Placements per second the core must sustain on one core. */
 const TARGET_PLACEMENTS_PER_S = 20_000;
@@ -30,16 +31,8 @@ const USAGE = `usage: node dist/bench/scheduler.js [--json] [--passes N] [--warm
 
 function parseOptions(argv: string[]) {
   const { values } = parseArgs({ args: argv, options: { json: { type: 'boolean' }, passes: { type: 'string' }, warmup: { type: 'string' }, seed: { type: 'string' }, help: { type: 'boolean', short: 'h' } }, strict: true });
-  if (values.help) {
-    process.stdout.write(USAGE + '\n');
-    process.exit(0);
-  }
-  const int = (name: string, v: string | undefined, dflt: number, min: number) => {
-    if (v === undefined) return dflt;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new Error(`--${name} must be an integer >= ${min}, got '${v}'\n${USAGE}`);
-    return n;
-  };
+  exitOnHelp(values.help, USAGE);
+  const int = intOptions(USAGE);
   return { json: values.json ?? false, passes: int('passes', values.passes, 50, 1), warmup: int('warmup', values.warmup, 20, 0), seed: int('seed', values.seed, 42, 0) };
 }
 

@@ -18,6 +18,7 @@ import type { Trial__Output } from '../common/proto-gen/determined/api/v1/Trial'
 import { CONTAINER_LABELS } from '../common/types';
 import { testEnv, waitFor } from '../test/support/env';
 import { startAgent, startMaster, type DetProcess, type TestMaster } from '../test/support/processes';
+import { exitOnHelp, intOptions } from './options';
 
 /** Our median may be at most this multiple of docker run's. */
 const TARGET_RATIO = 1.15;
@@ -42,16 +43,8 @@ function parseOptions(argv: string[]): Options {
     options: { runs: { type: 'string' }, warmup: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
     strict: true,
   });
-  if (values.help) {
-    process.stdout.write(USAGE + '\n');
-    process.exit(0);
-  }
-  const count = (name: string, v: string | undefined, dflt: number, min: number) => {
-    if (v === undefined) return dflt;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new Error(`--${name} must be an integer >= ${min}, got '${v}'\n${USAGE}`);
-    return n;
-  };
+  exitOnHelp(values.help, USAGE);
+  const count = intOptions(USAGE);
   return { runs: count('runs', values.runs, 20, 1), warmup: count('warmup', values.warmup, 3, 0), json: values.json ?? false };
 }
 
