@@ -4,10 +4,10 @@ import { DetError } from '../common/errors';
 import type { CheckpointStorageSpec } from '../common/types';
 import type { Agent__Output } from '../common/proto-gen/determined/api/v1/Agent';
 import type { Checkpoint__Output } from '../common/proto-gen/determined/api/v1/Checkpoint';
-import type { CheckpointStorageConfig__Output } from '../common/proto-gen/determined/api/v1/CheckpointStorageConfig';
+import type { CheckpointStorage__Output } from '../common/proto-gen/determined/agent/v1/CheckpointStorage';
+import { storageFromProto } from '../common/wire/storage';
 import type { Experiment__Output } from '../common/proto-gen/determined/api/v1/Experiment';
 import type { GetMasterResponse__Output } from '../common/proto-gen/determined/api/v1/GetMasterResponse';
-import type { ResourcePool__Output } from '../common/proto-gen/determined/api/v1/ResourcePool';
 import type { Slot__Output } from '../common/proto-gen/determined/api/v1/Slot';
 import type { Trial__Output } from '../common/proto-gen/determined/api/v1/Trial';
 import type { TrialLog__Output } from '../common/proto-gen/determined/api/v1/TrialLog';
@@ -227,19 +227,10 @@ export function logView(trialId: number, l: TrialLog__Output): LogView {
   return { trialId, sequence: l.sequence, timestampMs: l.timestampMs, stream: l.stream, text: l.text, allocationId: l.allocationId };
 }
 
-/** CheckpointStorageConfig -> the checkpoint_storage config it came from (empty fields left out). */
-export function storageSpecFromProto(s: CheckpointStorageConfig__Output | null): CheckpointStorageSpec {
-  if (s?.type === 'shared_fs') return { type: 'shared_fs', host_path: s.hostPath };
-  if (s?.type === 's3') {
-    return {
-      type: 's3',
-      bucket: s.bucket,
-      ...(s.prefix ? { prefix: s.prefix } : {}),
-      ...(s.region ? { region: s.region } : {}),
-      ...(s.endpointUrl ? { endpoint_url: s.endpointUrl } : {}),
-      ...(s.forcePathStyle ? { force_path_style: true } : {}),
-    };
-  }
+/** The storage a checkpoint names -> its checkpoint_storage config (empty fields left out). */
+export function storageSpecFromProto(s: CheckpointStorage__Output | null): CheckpointStorageSpec {
+  const spec = storageFromProto(s);
+  if (spec) return spec;
   throw new DetError('DET_ERR_INTERNAL', `the master sent an unknown checkpoint storage type ${JSON.stringify(s?.type ?? '')}: is det older than the master?`);
 }
 

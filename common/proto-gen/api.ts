@@ -2,9 +2,30 @@
 import type * as grpc from '@grpc/grpc-js';
 import type { EnumTypeDefinition, MessageTypeDefinition } from '@grpc/proto-loader';
 
+import type { AgentMessage as _determined_agent_v1_AgentMessage, AgentMessage__Output as _determined_agent_v1_AgentMessage__Output } from './determined/agent/v1/AgentMessage';
+import type { AgentServiceClient as _determined_agent_v1_AgentServiceClient, AgentServiceDefinition as _determined_agent_v1_AgentServiceDefinition } from './determined/agent/v1/AgentService';
+import type { CheckpointCompleted as _determined_agent_v1_CheckpointCompleted, CheckpointCompleted__Output as _determined_agent_v1_CheckpointCompleted__Output } from './determined/agent/v1/CheckpointCompleted';
+import type { CheckpointStorage as _determined_agent_v1_CheckpointStorage, CheckpointStorage__Output as _determined_agent_v1_CheckpointStorage__Output } from './determined/agent/v1/CheckpointStorage';
+import type { ContainerLogs as _determined_agent_v1_ContainerLogs, ContainerLogs__Output as _determined_agent_v1_ContainerLogs__Output } from './determined/agent/v1/ContainerLogs';
+import type { ContainerReport as _determined_agent_v1_ContainerReport, ContainerReport__Output as _determined_agent_v1_ContainerReport__Output } from './determined/agent/v1/ContainerReport';
+import type { ContainerStateChanged as _determined_agent_v1_ContainerStateChanged, ContainerStateChanged__Output as _determined_agent_v1_ContainerStateChanged__Output } from './determined/agent/v1/ContainerStateChanged';
+import type { DataInput as _determined_agent_v1_DataInput, DataInput__Output as _determined_agent_v1_DataInput__Output } from './determined/agent/v1/DataInput';
+import type { Device as _determined_agent_v1_Device, Device__Output as _determined_agent_v1_Device__Output } from './determined/agent/v1/Device';
+import type { Drain as _determined_agent_v1_Drain, Drain__Output as _determined_agent_v1_Drain__Output } from './determined/agent/v1/Drain';
+import type { ExitInfo as _determined_agent_v1_ExitInfo, ExitInfo__Output as _determined_agent_v1_ExitInfo__Output } from './determined/agent/v1/ExitInfo';
+import type { Heartbeat as _determined_agent_v1_Heartbeat, Heartbeat__Output as _determined_agent_v1_Heartbeat__Output } from './determined/agent/v1/Heartbeat';
+import type { KillContainer as _determined_agent_v1_KillContainer, KillContainer__Output as _determined_agent_v1_KillContainer__Output } from './determined/agent/v1/KillContainer';
+import type { LogLine as _determined_agent_v1_LogLine, LogLine__Output as _determined_agent_v1_LogLine__Output } from './determined/agent/v1/LogLine';
+import type { MasterMessage as _determined_agent_v1_MasterMessage, MasterMessage__Output as _determined_agent_v1_MasterMessage__Output } from './determined/agent/v1/MasterMessage';
+import type { PullProgress as _determined_agent_v1_PullProgress, PullProgress__Output as _determined_agent_v1_PullProgress__Output } from './determined/agent/v1/PullProgress';
+import type { Register as _determined_agent_v1_Register, Register__Output as _determined_agent_v1_Register__Output } from './determined/agent/v1/Register';
+import type { Registered as _determined_agent_v1_Registered, Registered__Output as _determined_agent_v1_Registered__Output } from './determined/agent/v1/Registered';
+import type { Shutdown as _determined_agent_v1_Shutdown, Shutdown__Output as _determined_agent_v1_Shutdown__Output } from './determined/agent/v1/Shutdown';
+import type { SpotInterruption as _determined_agent_v1_SpotInterruption, SpotInterruption__Output as _determined_agent_v1_SpotInterruption__Output } from './determined/agent/v1/SpotInterruption';
+import type { StartContainer as _determined_agent_v1_StartContainer, StartContainer__Output as _determined_agent_v1_StartContainer__Output } from './determined/agent/v1/StartContainer';
+import type { TaskSpec as _determined_agent_v1_TaskSpec, TaskSpec__Output as _determined_agent_v1_TaskSpec__Output } from './determined/agent/v1/TaskSpec';
 import type { Agent as _determined_api_v1_Agent, Agent__Output as _determined_api_v1_Agent__Output } from './determined/api/v1/Agent';
 import type { Checkpoint as _determined_api_v1_Checkpoint, Checkpoint__Output as _determined_api_v1_Checkpoint__Output } from './determined/api/v1/Checkpoint';
-import type { CheckpointStorageConfig as _determined_api_v1_CheckpointStorageConfig, CheckpointStorageConfig__Output as _determined_api_v1_CheckpointStorageConfig__Output } from './determined/api/v1/CheckpointStorageConfig';
 import type { CreateExperimentRequest as _determined_api_v1_CreateExperimentRequest, CreateExperimentRequest__Output as _determined_api_v1_CreateExperimentRequest__Output } from './determined/api/v1/CreateExperimentRequest';
 import type { CreateExperimentResponse as _determined_api_v1_CreateExperimentResponse, CreateExperimentResponse__Output as _determined_api_v1_CreateExperimentResponse__Output } from './determined/api/v1/CreateExperimentResponse';
 import type { DeleteExperimentRequest as _determined_api_v1_DeleteExperimentRequest, DeleteExperimentRequest__Output as _determined_api_v1_DeleteExperimentRequest__Output } from './determined/api/v1/DeleteExperimentRequest';
@@ -61,13 +82,42 @@ type SubtypeConstructor<Constructor extends new (...args: any) => any, Subtype> 
 
 export interface ProtoGrpcType {
   determined: {
+    agent: {
+      v1: {
+        AgentMessage: MessageTypeDefinition<_determined_agent_v1_AgentMessage, _determined_agent_v1_AgentMessage__Output>
+        AgentService: SubtypeConstructor<typeof grpc.Client, _determined_agent_v1_AgentServiceClient> & { service: _determined_agent_v1_AgentServiceDefinition }
+        CheckpointCompleted: MessageTypeDefinition<_determined_agent_v1_CheckpointCompleted, _determined_agent_v1_CheckpointCompleted__Output>
+        CheckpointStorage: MessageTypeDefinition<_determined_agent_v1_CheckpointStorage, _determined_agent_v1_CheckpointStorage__Output>
+        ContainerLogs: MessageTypeDefinition<_determined_agent_v1_ContainerLogs, _determined_agent_v1_ContainerLogs__Output>
+        ContainerReport: MessageTypeDefinition<_determined_agent_v1_ContainerReport, _determined_agent_v1_ContainerReport__Output>
+        ContainerState: EnumTypeDefinition
+        ContainerStateChanged: MessageTypeDefinition<_determined_agent_v1_ContainerStateChanged, _determined_agent_v1_ContainerStateChanged__Output>
+        DataInput: MessageTypeDefinition<_determined_agent_v1_DataInput, _determined_agent_v1_DataInput__Output>
+        Device: MessageTypeDefinition<_determined_agent_v1_Device, _determined_agent_v1_Device__Output>
+        DeviceType: EnumTypeDefinition
+        Drain: MessageTypeDefinition<_determined_agent_v1_Drain, _determined_agent_v1_Drain__Output>
+        ExitInfo: MessageTypeDefinition<_determined_agent_v1_ExitInfo, _determined_agent_v1_ExitInfo__Output>
+        FailureKind: EnumTypeDefinition
+        Heartbeat: MessageTypeDefinition<_determined_agent_v1_Heartbeat, _determined_agent_v1_Heartbeat__Output>
+        KillContainer: MessageTypeDefinition<_determined_agent_v1_KillContainer, _determined_agent_v1_KillContainer__Output>
+        LogLine: MessageTypeDefinition<_determined_agent_v1_LogLine, _determined_agent_v1_LogLine__Output>
+        LogStream: EnumTypeDefinition
+        MasterMessage: MessageTypeDefinition<_determined_agent_v1_MasterMessage, _determined_agent_v1_MasterMessage__Output>
+        PullProgress: MessageTypeDefinition<_determined_agent_v1_PullProgress, _determined_agent_v1_PullProgress__Output>
+        Register: MessageTypeDefinition<_determined_agent_v1_Register, _determined_agent_v1_Register__Output>
+        Registered: MessageTypeDefinition<_determined_agent_v1_Registered, _determined_agent_v1_Registered__Output>
+        Shutdown: MessageTypeDefinition<_determined_agent_v1_Shutdown, _determined_agent_v1_Shutdown__Output>
+        SpotInterruption: MessageTypeDefinition<_determined_agent_v1_SpotInterruption, _determined_agent_v1_SpotInterruption__Output>
+        StartContainer: MessageTypeDefinition<_determined_agent_v1_StartContainer, _determined_agent_v1_StartContainer__Output>
+        TaskSpec: MessageTypeDefinition<_determined_agent_v1_TaskSpec, _determined_agent_v1_TaskSpec__Output>
+      }
+    }
     api: {
       v1: {
         Agent: MessageTypeDefinition<_determined_api_v1_Agent, _determined_api_v1_Agent__Output>
         AgentState: EnumTypeDefinition
         Checkpoint: MessageTypeDefinition<_determined_api_v1_Checkpoint, _determined_api_v1_Checkpoint__Output>
         CheckpointState: EnumTypeDefinition
-        CheckpointStorageConfig: MessageTypeDefinition<_determined_api_v1_CheckpointStorageConfig, _determined_api_v1_CheckpointStorageConfig__Output>
         CreateExperimentRequest: MessageTypeDefinition<_determined_api_v1_CreateExperimentRequest, _determined_api_v1_CreateExperimentRequest__Output>
         CreateExperimentResponse: MessageTypeDefinition<_determined_api_v1_CreateExperimentResponse, _determined_api_v1_CreateExperimentResponse__Output>
         DeleteExperimentRequest: MessageTypeDefinition<_determined_api_v1_DeleteExperimentRequest, _determined_api_v1_DeleteExperimentRequest__Output>

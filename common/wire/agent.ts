@@ -8,7 +8,8 @@ import type { ExitInfo__Output, ExitInfo as ExitInfoMsg } from '../proto-gen/det
 import type { TaskSpec__Output, TaskSpec as TaskSpecMsg } from '../proto-gen/determined/agent/v1/TaskSpec';
 import type { LogLine__Output, LogLine as LogLineMsg } from '../proto-gen/determined/agent/v1/LogLine';
 import type { ContainerReport__Output, ContainerReport as ContainerReportMsg } from '../proto-gen/determined/agent/v1/ContainerReport';
-import type { CheckpointStorage__Output, CheckpointStorage as CheckpointStorageMsg } from '../proto-gen/determined/agent/v1/CheckpointStorage';
+import type { CheckpointStorage__Output } from '../proto-gen/determined/agent/v1/CheckpointStorage';
+import { storageFromProto, storageToProto } from './storage';
 import type { CheckpointCompleted__Output, CheckpointCompleted as CheckpointCompletedMsg } from '../proto-gen/determined/agent/v1/CheckpointCompleted';
 import type { DataInput__Output, DataInput as DataInputMsg } from '../proto-gen/determined/agent/v1/DataInput';
 import type {
@@ -62,19 +63,10 @@ function reportFromProto(r: ContainerReport__Output): ContainerReport {
   return { allocationId: r.allocationId, containerId: r.containerId, state: stateFromProto(r.state), lastLogSequence: r.lastLogSequence, exit: exitFromProto(r.exit) };
 }
 
-function storageToProto(c: CheckpointStorageSpec): CheckpointStorageMsg {
-  if (c.type === 'shared_fs') return { type: 'shared_fs', hostPath: c.host_path };
-  return { type: 's3', bucket: c.bucket, prefix: c.prefix ?? '', region: c.region ?? '', endpointUrl: c.endpoint_url ?? '', forcePathStyle: c.force_path_style ?? false };
-}
-function storageFromProto(c: CheckpointStorage__Output | null | undefined): CheckpointStorageSpec {
-  if (!c || c.type === '') throw protocolError('task spec without checkpoint_storage');
-  if (c.type === 'shared_fs') return { type: 'shared_fs', host_path: c.hostPath };
-  if (c.type !== 's3') throw protocolError(`unknown checkpoint storage type ${JSON.stringify(c.type)}`);
-  return {
-    type: 's3', bucket: c.bucket,
-    ...(c.prefix ? { prefix: c.prefix } : {}), ...(c.region ? { region: c.region } : {}), ...(c.endpointUrl ? { endpoint_url: c.endpointUrl } : {}),
-    ...(c.forcePathStyle ? { force_path_style: true } : {}),
-  };
+function taskStorageFromProto(c: CheckpointStorage__Output | null | undefined): CheckpointStorageSpec {
+  const spec = storageFromProto(c);
+  if (spec) return spec;
+  throw protocolError(c && c.type !== '' ? `unknown checkpoint storage type ${JSON.stringify(c.type)}` : 'task spec without checkpoint_storage');
 }
 
 function dataToProto(d: DataInput): DataInputMsg {
@@ -111,7 +103,7 @@ export function taskSpecFromProto(s: TaskSpec__Output): TaskSpec {
     taskId: s.taskId, allocationId: s.allocationId, image: s.image, entrypoint: s.entrypoint, command: s.command, env: s.env,
     deviceIds: s.deviceIds, deviceType: deviceTypeFromProto(s.deviceType), memoryLimitBytes: s.memoryLimitBytes,
     pullPolicy: (s.pullPolicy === 'always' ? 'always' : 'missing') as PullPolicy, labels: s.labels, killGracePeriodMs: s.killGracePeriodMs,
-    trialId: s.trialId, checkpointStorage: storageFromProto(s.checkpointStorage), data: s.data.map(dataFromProto), latestCheckpointUuid: s.latestCheckpointUuid,
+    trialId: s.trialId, checkpointStorage: taskStorageFromProto(s.checkpointStorage), data: s.data.map(dataFromProto), latestCheckpointUuid: s.latestCheckpointUuid,
   };
 }
 

@@ -1,12 +1,11 @@
 // Store records and cluster state -> admin API protobuf messages.
-import type { CheckpointStorageSpec } from '../../common/types';
 import type { Agent } from '../../common/proto-gen/determined/api/v1/Agent';
 import type { Checkpoint } from '../../common/proto-gen/determined/api/v1/Checkpoint';
-import type { CheckpointStorageConfig } from '../../common/proto-gen/determined/api/v1/CheckpointStorageConfig';
 import type { Experiment } from '../../common/proto-gen/determined/api/v1/Experiment';
 import type { Slot } from '../../common/proto-gen/determined/api/v1/Slot';
 import type { Trial } from '../../common/proto-gen/determined/api/v1/Trial';
 import type { TrialLog } from '../../common/proto-gen/determined/api/v1/TrialLog';
+import { storageToProto } from '../../common/wire/storage';
 import type { AgentEntry } from '../cluster/agents';
 import type { CheckpointRecord, ExperimentRecord, TrialLogRecord, TrialRecord } from '../store/store';
 
@@ -50,12 +49,6 @@ export function agentToProto(a: AgentEntry, trialOf: (allocationId: string) => n
 /** Stored log line -> protobuf. */
 export function trialLogToProto(l: TrialLogRecord): TrialLog {
   return { sequence: l.sequence, timestampMs: l.timestampMs, stream: l.stream, text: l.text, allocationId: l.allocationId };
-}
-
-/** Checkpoint storage config -> protobuf (absent optional fields become empty / false). */
-export function storageToProto(s: CheckpointStorageSpec): CheckpointStorageConfig {
-  if (s.type === 'shared_fs') return { type: s.type, hostPath: s.host_path };
-  return { type: s.type, bucket: s.bucket, prefix: s.prefix ?? '', region: s.region ?? '', endpointUrl: s.endpoint_url ?? '', forcePathStyle: s.force_path_style ?? false };
 }
 
 /** Checkpoint record -> protobuf. */

@@ -2,7 +2,7 @@
 // Original file: proto/determined/api/v1/api.proto
 
 import type { CheckpointState as _determined_api_v1_CheckpointState, CheckpointState__Output as _determined_api_v1_CheckpointState__Output } from '../../../determined/api/v1/CheckpointState';
-import type { CheckpointStorageConfig as _determined_api_v1_CheckpointStorageConfig, CheckpointStorageConfig__Output as _determined_api_v1_CheckpointStorageConfig__Output } from '../../../determined/api/v1/CheckpointStorageConfig';
+import type { CheckpointStorage as _determined_agent_v1_CheckpointStorage, CheckpointStorage__Output as _determined_agent_v1_CheckpointStorage__Output } from '../../../determined/agent/v1/CheckpointStorage';
 import type { Long } from '@grpc/proto-loader';
 
 export interface Checkpoint {
@@ -18,7 +18,7 @@ export interface Checkpoint {
   'fileCount'?: (number);
   'metadataJson'?: (string);
   'location'?: (string);
-  'storage'?: (_determined_api_v1_CheckpointStorageConfig | null);
+  'storage'?: (_determined_agent_v1_CheckpointStorage | null);
 }
 
 export interface Checkpoint__Output {
@@ -34,5 +34,5 @@ export interface Checkpoint__Output {
   'fileCount': (number);
   'metadataJson': (string);
   'location': (string);
-  'storage': (_determined_api_v1_CheckpointStorageConfig__Output | null);
+  'storage': (_determined_agent_v1_CheckpointStorage__Output | null);
 }
