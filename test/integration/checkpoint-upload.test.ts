@@ -423,7 +423,8 @@ function uploadSuite(backend: Backend): void {
     });
 
     it('rejects corrupted content with a clear error and leaves no partial download', async () => {
-      const dir = await writeCheckpoint(ckpts, 'corrupt', { 'a.txt': 'aaaa', 'b.bin': randomBytes(300_000), 'c.txt': 'cccc' });
+      const b = randomBytes(300_000);
+      const dir = await writeCheckpoint(ckpts, 'corrupt', { 'a.txt': 'aaaa', 'b.bin': b, 'c.txt': 'cccc' });
       const info = checkpointInfo('corrupt');
       await uploader().up.upload(dir, info);
       await o.plant(`${info.uuid}/b.bin`, randomBytes(300_000)); // same size, other content
@@ -442,7 +443,8 @@ function uploadSuite(backend: Backend): void {
       await rejectsWith(downloadCheckpoint(o.storage, info.uuid, existing, { concurrency: 1 }), 'DET_ERR_INVALID_ARGUMENT', /"b.bin" has 5 bytes, the manifest says 300000/);
       assert.deepEqual(await fs.readdir(existing), []);
 
-      // An object the manifest names that is gone.
+      // An object the manifest names that is gone (b.bin intact again, so only c.txt can fail).
+      await o.plant(`${info.uuid}/b.bin`, b);
       await o.storage.delete([`${info.uuid}/c.txt`]);
       await rejectsWith(downloadCheckpoint(o.storage, info.uuid, path.join(work, 'gone')), 'DET_ERR_INVALID_ARGUMENT', /checkpoint file "c.txt" is missing from storage/);
     });
