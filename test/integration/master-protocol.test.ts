@@ -507,7 +507,8 @@ describe('master agent protocol (in-process master, scripted agents)', function 
       const info = await again.registerAndWait(registration('agent-1', { devices: cpuDevices(2), containers: [report(allocationId, 'RUNNING')] }));
       assert.deepEqual(info.expectedAllocationIds, []);
       // Fenced: nothing new until the agent reports the stale container gone (it kills it on Registered).
-      await assert.rejects(again.next('start', 300), /timed out/);
+      await waitFor(async () => (await listAgents(m)).find((a) => a.id === 'agent-1')?.fencedAllocationIds.length === 1, { ...WAIT, what: 'agent-1 to be fenced' });
+      assert.ok(!again.received.some((x) => x.kind === 'start'), 'no new work while fenced');
       again.exit(allocationId, 137, 'KILLED');
       const { spec } = await again.next('start');
       assert.equal(spec.allocationId, `${taskId}.1`);
