@@ -9,6 +9,7 @@
 // Exits 0 whether or not the target is met; non-zero only when something broke.
 import { parseArgs } from 'node:util';
 import type { PoolScaling } from '../master/provisioner/types';
+import { exitOnHelp } from './options';
 import { simulate, type SimOptions } from './provisioner/sim';
 import { DEFAULT_TRACE, generateTrace } from './provisioner/trace';
 
@@ -16,37 +17,48 @@ import { DEFAULT_TRACE, generateTrace } from './provisioner/trace';
 const TARGET_RATIO = 1.1;
 const MIN = 60_000;
 
-const USAGE = `usage: node dist/bench/provisioner.js [--json] [--seed N] [--jobs-per-hour N] [--hours N] [--placement P]
-  --json             print only one JSON object on stdout
-  --placement P      simulated scheduler: best-fit (default: the master's policy) or first-fit (in launch order)
-  --seed N           trace and simulation seed (default ${DEFAULT_TRACE.seed})
-  --jobs-per-hour N  mean Poisson arrival rate (default ${DEFAULT_TRACE.jobsPerHour})
-  --hours N          hours of arrivals (default ${DEFAULT_TRACE.hours})`;
+const USAGE = `usage: node dist/bench/provisioner.js [options]
+  --json                     print only one JSON object on stdout
+  --placement P              simulated scheduler: best-fit (default: the master's policy) or first-fit (in launch order)
+  --seed N                   trace and simulation seed (default ${DEFAULT_TRACE.seed})
+  --jobs-per-hour N          mean Poisson arrival rate (default ${DEFAULT_TRACE.jobsPerHour})
+  --hours N                  hours of arrivals (default ${DEFAULT_TRACE.hours})
+  --consolidation on|off     move trials off lightly used instances (default on, as in the pool below)
+  --min-underused-min N      consolidation.min_underused_period in minutes (default 0)
+  --max-checkpoint-age-min N consolidation.max_checkpoint_age in minutes (default 2)
+  --checkpoint-period-min N  minutes of work between two checkpoints of a simulated trial (default 10)
+  --restart-overhead-s N     seconds a moved trial needs before it makes progress again (default 120)`;
 
 function parseOptions(argv: string[]) {
+  const flags = ['placement', 'seed', 'jobs-per-hour', 'hours', 'consolidation', 'min-underused-min', 'max-checkpoint-age-min', 'checkpoint-period-min', 'restart-overhead-s'] as const;
   const { values } = parseArgs({
     args: argv,
-    options: { json: { type: 'boolean' }, placement: { type: 'string' }, seed: { type: 'string' }, 'jobs-per-hour': { type: 'string' }, hours: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    options: { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' }, ...Object.fromEntries(flags.map((f) => [f, { type: 'string' as const }])) },
     strict: true,
   });
-  if (values.help) {
-    process.stdout.write(USAGE + '\n');
-    process.exit(0);
-  }
-  const num = (name: string, v: string | undefined, dflt: number) => {
-    if (v === undefined) return dflt;
-    const n = Number(v);
-    if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} must be a positive number, got '${v}'\n${USAGE}`);
+  exitOnHelp(values.help as boolean | undefined, USAGE);
+  const v = values as Record<string, string | undefined>;
+  const num = (name: string, dflt: number, min = Number.MIN_VALUE) => {
+    if (v[name] === undefined) return dflt;
+    const n = Number(v[name]);
+    if (!Number.isFinite(n) || n < min) throw new Error(`--${name} must be a number >= ${min === Number.MIN_VALUE ? '> 0' : min}, got '${v[name]}'\n${USAGE}`);
     return n;
   };
-  const placement = values.placement ?? 'best-fit';
+  const placement = v.placement ?? 'best-fit';
   if (placement !== 'first-fit' && placement !== 'best-fit') throw new Error(`--placement must be first-fit or best-fit, got '${placement}'\n${USAGE}`);
+  const consolidation = v.consolidation ?? 'on';
+  if (consolidation !== 'on' && consolidation !== 'off') throw new Error(`--consolidation must be on or off, got '${consolidation}'\n${USAGE}`);
   return {
-    json: values.json ?? false,
+    json: (values.json as boolean | undefined) ?? false,
     placement: placement as 'first-fit' | 'best-fit',
-    seed: Math.trunc(num('seed', values.seed, DEFAULT_TRACE.seed)),
-    jobsPerHour: num('jobs-per-hour', values['jobs-per-hour'], DEFAULT_TRACE.jobsPerHour),
-    hours: num('hours', values.hours, DEFAULT_TRACE.hours),
+    seed: Math.trunc(num('seed', DEFAULT_TRACE.seed)),
+    jobsPerHour: num('jobs-per-hour', DEFAULT_TRACE.jobsPerHour),
+    hours: num('hours', DEFAULT_TRACE.hours),
+    consolidation: consolidation === 'on',
+    minUnderusedMs: num('min-underused-min', 0, 0) * MIN,
+    maxCheckpointAgeMs: num('max-checkpoint-age-min', 2, 0) * MIN,
+    checkpointPeriodMs: num('checkpoint-period-min', 10) * MIN,
+    restartOverheadMs: num('restart-overhead-s', 120, 0) * 1000,
   };
 }
 
@@ -62,6 +74,7 @@ export const BENCH_POOL: PoolScaling = {
   maxIdleAgentPeriodMs: 5 * MIN,
   maxAgentStartingPeriodMs: 10 * MIN,
   maxDisconnectedPeriodMs: 5 * MIN,
+  consolidation: { enabled: true, maxCheckpointAgeMs: 2 * MIN, minUnderusedPeriodMs: 0 },
 };
 
 function percentile(xs: number[], p: number): number {
@@ -76,7 +89,12 @@ function main(): void {
   // A 16-trial search (2 slots each) submitted one minute into the outage, so that the outage is met with demand.
   const burst = { atMs: mid + MIN, jobs: 16, slots: 2 };
   const trace = generateTrace({ ...DEFAULT_TRACE, seed: opts.seed, jobsPerHour: opts.jobsPerHour, hours: opts.hours, burst });
-  const sim: SimOptions = { pool: BENCH_POOL, bootMinMs: 75_000, bootMaxMs: 105_000, outage: { startMs: mid, endMs: mid + 10 * MIN }, tickMs: 10_000, seed: opts.seed + 1, placement: opts.placement };
+  const pool: PoolScaling = {
+    ...BENCH_POOL,
+    consolidation: { enabled: opts.consolidation, maxCheckpointAgeMs: opts.maxCheckpointAgeMs, minUnderusedPeriodMs: opts.minUnderusedMs },
+  };
+  const sim: SimOptions = { pool, bootMinMs: 75_000, bootMaxMs: 105_000, outage: { startMs: mid, endMs: mid + 10 * MIN }, tickMs: 10_000, seed: opts.seed + 1, placement: opts.placement,
+    checkpointPeriodMs: opts.checkpointPeriodMs, moveGraceMs: 30_000, restartOverheadMs: opts.restartOverheadMs };
   const r = simulate(trace, sim);
   const ratio = r.instanceHours / r.oracleInstanceHours;
   const round = (x: number, d: number) => Math.round(x * 10 ** d) / 10 ** d;
@@ -88,6 +106,9 @@ function main(): void {
     busy_terminations: r.busyTerminations,
     outage_run_instances_calls: r.outageRunInstancesCalls,
     submit_to_launch_ms_p50: round(percentile(r.submitToLaunchMs, 50), 4),
+    consolidation: opts.consolidation,
+    trials_moved: r.moves,
+    move_cost_slot_hours: round(r.moveCostSlotHours, 2),
   };
   if (opts.json) {
     process.stdout.write(JSON.stringify(out) + '\n');
@@ -118,6 +139,10 @@ function main(): void {
     `  booting     ${h(r.slotHours.booting).padStart(8)}  ${share(r.slotHours.booting)}   (launch -> agent connected)`,
     `  idle        ${h(r.slotHours.idle).padStart(8)}  ${share(r.slotHours.idle)}   (connected, no task: waiting for work or for max_idle_agent_period)`,
     `  fragmented  ${h(r.slotHours.fragmented).padStart(8)}  ${share(r.slotHours.fragmented)}   (free slots on instances that run something; ${h(r.drainFragmentedSlotHours)} after the last arrival)`,
+    '',
+    opts.consolidation
+      ? `consolidation: ${r.moves} trials moved (${h(r.moveCostSlotHours)} slot-hours of repeated work and restart overhead), ${r.cordons} instances cordoned, ${r.uncordons} cordons lifted; max checkpoint age ${min(opts.maxCheckpointAgeMs)} min, min underused ${min(opts.minUnderusedMs)} min, trials checkpoint every ${min(opts.checkpointPeriodMs)} min, restart ${opts.restartOverheadMs / 1000} s`
+      : 'consolidation: off',
     '',
     `queue wait (simulated): p50 ${min(percentile(r.waitMs, 50))} min, p95 ${min(percentile(r.waitMs, 95))} min, max ${min(Math.max(...r.waitMs))} min`,
   ];

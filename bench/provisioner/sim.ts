@@ -1,6 +1,9 @@
 // Discrete-event replay of a job trace through the provisioner's pure core (decide + onLaunch*)
 // with a simulated clock, a simulated provider (boot delay, a capacity outage) and a simple
-// scheduler (queued tasks, oldest first, first fit onto connected, enabled agents in launch order).
+// scheduler (queued tasks, oldest first, first fit or best fit onto connected, enabled agents).
+// Trials store a checkpoint every `checkpointPeriodMs` of work; a trial the plan moves keeps its
+// slots for the grace period, loses the work since its latest checkpoint, is requeued at the
+// front, and pays `restartOverheadMs` (start, checkpoint download) before it makes progress again.
 import { decide } from '../../master/provisioner/decider';
 import { classifyEc2Error, emptyLaunchMemory, onLaunchFailure, onLaunchSuccess } from '../../master/provisioner/launch-errors';
 import { LaunchError, type InstanceView, type LaunchMemory, type PoolScaling, type ScalePlan } from '../../master/provisioner/types';
@@ -18,6 +21,12 @@ export interface SimOptions {
   seed: number;
   /** The simulated scheduler: first fit in launch order, or best fit (fewest free slots that fit; the master's policy). */
   placement: 'first-fit' | 'best-fit';
+  /** Work between two checkpoints of a trial. */
+  checkpointPeriodMs: number;
+  /** A moved trial holds its slots this long after being told to stop (kill grace period). */
+  moveGraceMs: number;
+  /** A resumed trial's time before it makes progress again (container start, checkpoint download). */
+  restartOverheadMs: number;
 }
 
 /** What one replay measured. */
@@ -43,6 +52,26 @@ export interface SimResult {
   endMs: number;
   /** Of `slotHours.fragmented`, the part after the last arrival (the trace draining). */
   drainFragmentedSlotHours: number;
+  /** Trials moved by consolidation, and the slot-hours of work they repeated plus their restart overhead. */
+  moves: number;
+  moveCostSlotHours: number;
+  /** Instances cordoned for consolidation, and cordons lifted again. */
+  cordons: number;
+  uncordons: number;
+}
+
+/** A trial's current run. */
+interface Run {
+  job: TraceJob;
+  instanceId: string;
+  runId: number;
+  /** Progress starts here (after the restart overhead of a resumed run). */
+  workStartMs: number;
+  /** Work left when this run started making progress. */
+  remainingMs: number;
+  /** The latest checkpoint stored before this run (a resumed trial's), or null. */
+  previousCheckpointAtMs: number | null;
+  stopping: boolean;
 }
 
 interface SimInstance {
@@ -53,6 +82,7 @@ interface SimInstance {
   launchedAtMs: number;
   connectedAtMs: number | null;
   disabled: boolean;
+  cordoned: boolean;
   used: number;
   tasks: Set<string>;
   idleSinceMs: number | null;
@@ -60,7 +90,8 @@ interface SimInstance {
 
 type SimEvent =
   | { t: number; seq: number; kind: 'arrive'; job: TraceJob }
-  | { t: number; seq: number; kind: 'finish'; job: TraceJob; instanceId: string }
+  | { t: number; seq: number; kind: 'finish'; job: TraceJob; instanceId: string; runId: number }
+  | { t: number; seq: number; kind: 'stopped'; job: TraceJob; instanceId: string; runId: number }
   | { t: number; seq: number; kind: 'boot'; instanceId: string }
   | { t: number; seq: number; kind: 'tick' };
 
@@ -124,6 +155,18 @@ export function simulate(trace: TraceJob[], o: SimOptions): SimResult {
   const r: SimResult = {
     jobs: trace.length, instanceHours: 0, oracleInstanceHours: 0, launches: 0, busyTerminations: 0, outageRunInstancesCalls: 0, runInstancesCalls: 0,
     peakInstances: 0, submitToLaunchMs: [], decideMs: [], waitMs: [], slotHours: { busy: 0, booting: 0, idle: 0, fragmented: 0 }, decisions: 0, endMs: 0, drainFragmentedSlotHours: 0,
+    moves: 0, moveCostSlotHours: 0, cordons: 0, uncordons: 0,
+  };
+  const runs = new Map<string, Run>();
+  /** Work a trial still has to do, and its latest checkpoint, carried across moves. */
+  const carried = new Map<string, { remainingMs: number; checkpointAtMs: number | null }>();
+  const underusedSince = new Map<string, number>();
+  let nextRunId = 1;
+  let moveCostMs = 0;
+  const lastCheckpointAt = (run: Run): number | null => {
+    const done = now - run.workStartMs;
+    if (done < o.checkpointPeriodMs) return run.previousCheckpointAtMs;
+    return run.workStartMs + Math.floor(done / o.checkpointPeriodMs) * o.checkpointPeriodMs;
   };
   const slotMs = { busy: 0, booting: 0, idle: 0, fragmented: 0 };
   let drainFragMs = 0;
@@ -157,7 +200,7 @@ export function simulate(trace: TraceJob[], o: SimOptions): SimResult {
     const slots = pool.instanceTypes.find((t) => t.instanceType === instanceType)!.slots;
     for (let k = 0; k < count; k++) {
       const id = `i-${String(nextId++).padStart(6, '0')}`;
-      instances.set(id, { id, subnetId, instanceType, slots, launchedAtMs: now, connectedAtMs: null, disabled: false, used: 0, tasks: new Set(), idleSinceMs: null });
+      instances.set(id, { id, subnetId, instanceType, slots, launchedAtMs: now, connectedAtMs: null, disabled: false, cordoned: false, used: 0, tasks: new Set(), idleSinceMs: null });
       events.push({ t: now + o.bootMinMs + Math.round(random() * (o.bootMaxMs - o.bootMinMs)), kind: 'boot', instanceId: id });
     }
     r.launches += count;
@@ -181,15 +224,48 @@ export function simulate(trace: TraceJob[], o: SimOptions): SimResult {
       a.used += job.slots;
       a.tasks.add(job.id);
       a.idleSinceMs = null;
-      r.waitMs.push(now - job.arriveMs);
-      events.push({ t: now + job.durationMs, kind: 'finish', job, instanceId: a.id });
+      const resumed = carried.get(job.id);
+      if (!resumed) r.waitMs.push(now - job.arriveMs);
+      const run: Run = {
+        job, instanceId: a.id, runId: nextRunId++, workStartMs: now + (resumed ? o.restartOverheadMs : 0),
+        remainingMs: resumed?.remainingMs ?? job.durationMs, previousCheckpointAtMs: resumed?.checkpointAtMs ?? null, stopping: false,
+      };
+      runs.set(job.id, run);
+      events.push({ t: run.workStartMs + run.remainingMs, kind: 'finish', job, instanceId: a.id, runId: run.runId });
     }
+  };
+
+  /** Stops a trial for a move: it keeps its slots for the grace period, then goes back to the queue. */
+  const move = (jobId: string) => {
+    const run = runs.get(jobId);
+    if (!run || run.stopping) return;
+    run.stopping = true;
+    const checkpointAt = lastCheckpointAt(run);
+    const saved = checkpointAt === null || checkpointAt < run.workStartMs ? 0 : checkpointAt - run.workStartMs;
+    const doneNow = Math.max(0, now - run.workStartMs);
+    moveCostMs += run.job.slots * (doneNow - saved + o.restartOverheadMs);
+    carried.set(jobId, { remainingMs: run.remainingMs - saved, checkpointAtMs: checkpointAt });
+    r.moves++;
+    events.push({ t: now + o.moveGraceMs, kind: 'stopped', job: run.job, instanceId: run.instanceId, runId: run.runId });
+  };
+
+  /** A task leaves its instance (finished or stopped). */
+  const release = (i: SimInstance, job: TraceJob) => {
+    i.tasks.delete(job.id);
+    i.used -= job.slots;
+    runs.delete(job.id);
+    if (i.tasks.size === 0) i.idleSinceMs = now;
   };
 
   const view = (i: SimInstance): InstanceView => ({
     id: i.id, instanceType: i.instanceType, subnetId: i.subnetId, state: i.connectedAtMs === null ? 'pending' : 'running', launchedAtMs: i.launchedAtMs,
     agentEverConnected: i.connectedAtMs !== null, agentConnected: i.connectedAtMs !== null, disconnectedSinceMs: null, agentDisabled: i.disabled,
     runningTasks: i.tasks.size, idleSinceMs: i.idleSinceMs, slots: i.slots, freeSlots: i.slots - i.used,
+    cordoned: i.cordoned, underusedSinceMs: underusedSince.get(i.id) ?? null,
+    tasks: [...i.tasks].map((id) => {
+      const run = runs.get(id)!;
+      return { id, slots: run.job.slots, lastCheckpointAtMs: lastCheckpointAt(run), stopping: run.stopping };
+    }),
   });
 
   const decideAndApply = (forArrival: boolean) => {
@@ -213,6 +289,26 @@ export function simulate(trace: TraceJob[], o: SimOptions): SimResult {
       const i = instances.get(d.id);
       if (i) i.disabled = true;
     }
+    for (const d of plan.cordon) {
+      const i = instances.get(d.id);
+      if (i) {
+        i.disabled = true;
+        i.cordoned = true;
+        r.cordons++;
+      }
+    }
+    for (const d of plan.uncordon) {
+      const i = instances.get(d.id);
+      if (i) {
+        i.disabled = false;
+        i.cordoned = false;
+        r.uncordons++;
+      }
+    }
+    for (const m of plan.move) move(m.taskId);
+    const underused = new Set(plan.underused);
+    for (const id of underusedSince.keys()) if (!underused.has(id)) underusedSince.delete(id);
+    for (const id of underused) if (!underusedSince.has(id)) underusedSince.set(id, now);
     for (const t of plan.terminate) {
       const i = instances.get(t.id);
       if (!i) continue;
@@ -233,11 +329,17 @@ export function simulate(trace: TraceJob[], o: SimOptions): SimResult {
         break;
       case 'finish': {
         const i = instances.get(e.instanceId);
-        if (!i || !i.tasks.has(e.job.id)) break; // its instance was terminated under it
-        i.tasks.delete(e.job.id);
-        i.used -= e.job.slots;
-        if (i.tasks.size === 0) i.idleSinceMs = now;
+        if (!i || runs.get(e.job.id)?.runId !== e.runId) break; // its instance was terminated under it, or it was moved
+        release(i, e.job);
+        carried.delete(e.job.id);
         finished++;
+        break;
+      }
+      case 'stopped': {
+        const i = instances.get(e.instanceId);
+        if (!i || runs.get(e.job.id)?.runId !== e.runId) break;
+        release(i, e.job);
+        queue.unshift(e.job);
         break;
       }
       case 'boot': {
@@ -260,6 +362,7 @@ export function simulate(trace: TraceJob[], o: SimOptions): SimResult {
   }
   r.endMs = now;
   r.drainFragmentedSlotHours = drainFragMs / 3_600_000;
+  r.moveCostSlotHours = moveCostMs / 3_600_000;
   r.instanceHours = instanceMs / 3_600_000;
   const slotsPerInstance = pool.instanceTypes[0].slots;
   r.oracleInstanceHours = trace.reduce((s, j) => s + j.slots * j.durationMs, 0) / 3_600_000 / slotsPerInstance;

@@ -17,6 +17,7 @@ import { holdsAllocation, isTerminal, transition, type TrialEvent } from '../tas
 import { AgentTable, agentRecord, type AgentChannel, type AgentEntry } from './agents';
 import { LogHub } from './log-hub';
 import { buildTaskSpec } from './task-spec';
+import type { TaskView } from '../provisioner/types';
 
 /** Settings the cluster needs from the master config. */
 export interface ClusterOptions {
@@ -59,6 +60,8 @@ interface LiveAllocation {
   lastAgentLogSeq: number;
   /** False for allocations recovered after a master restart, until their agent reports. */
   logSeqKnown: boolean;
+  /** When the trial's latest checkpoint was stored (this run or the one it resumed from); null: none known. */
+  lastCheckpointAtMs: number | null;
 }
 
 /** The master's brain. Create with Cluster.open(). */
@@ -129,6 +132,31 @@ export class Cluster {
   /** Number of allocations currently placed on an agent. */
   runningTasksOn(agentId: string): number {
     return this.allocationsOn(agentId).length;
+  }
+
+  /** The allocations on an agent as consolidation sees them (master/provisioner/consolidation.ts). */
+  tasksOn(agentId: string): TaskView[] {
+    return this.allocationsOn(agentId).map((a) => ({
+      id: a.id,
+      slots: a.slotIds.length,
+      lastCheckpointAtMs: a.lastCheckpointAtMs,
+      stopping: this.preempting.has(a.id) || this.trials.get(a.trialId)?.killRequested === true,
+    }));
+  }
+
+  /**
+   * Stops an allocation so that its trial resumes elsewhere from its latest checkpoint: SIGTERM
+   * and the kill grace period, then requeued without counting a restart. False when it is gone.
+   */
+  moveAllocation(allocationId: string, reason: string): Promise<boolean> {
+    return this.serial(async () => {
+      const alloc = this.allocations.get(allocationId);
+      const agent = alloc && this.agents.get(alloc.agentId);
+      if (!alloc || !agent) return false;
+      this.log.info('moving a trial', { trial: alloc.trialId, allocation: alloc.id, agent: agent.id, reason });
+      this.stopAllocations(agent, [alloc], reason);
+      return true;
+    });
   }
 
   private changed(pool: string): void {
@@ -439,10 +467,14 @@ export class Cluster {
     });
   }
 
-  /** The trial event for an allocation's exit: a preempted allocation that did not succeed is requeued without a restart. */
+  /**
+   * The trial event for an allocation's exit. A stopped (preempted, moved, interrupted) allocation
+   * is requeued without a restart whatever its exit code: a trial that checkpoints on SIGTERM and
+   * exits 0 was stopped, not finished.
+   */
   private exitEvent(allocationId: string, exit: ExitInfo | undefined): TrialEvent {
     const preempted = this.preempting.get(allocationId);
-    if (preempted !== undefined && (exit?.failureKind ?? 'AGENT_ERROR') !== 'NONE') return { type: 'lost', reason: preempted, countsAsRestart: false };
+    if (preempted !== undefined) return { type: 'lost', reason: preempted, countsAsRestart: false };
     return { type: 'exited', exit: exit ?? unknownExit() };
   }
 
@@ -644,7 +676,8 @@ export class Cluster {
     }
     this.queue.delete(trialId);
     trial.attempts++;
-    this.allocations.set(allocationId, { id: allocationId, trialId, agentId, slotIds, containerId: '', lastAgentLogSeq: 0, logSeqKnown: true });
+    const alloc: LiveAllocation = { id: allocationId, trialId, agentId, slotIds, containerId: '', lastAgentLogSeq: 0, logSeqKnown: true, lastCheckpointAtMs: null };
+    this.allocations.set(allocationId, alloc);
     for (const s of slotIds) agent.usedSlots.set(s, allocationId);
     agent.idleSinceMs = null;
     Object.assign(trial.rec, { allocationId, agentId, slotIds });
@@ -655,6 +688,7 @@ export class Cluster {
       this.log.error('cannot look up the latest checkpoint; the trial starts without it', { trial: trialId, err: errorMessage(err) });
       return undefined;
     });
+    if (latest && alloc.lastCheckpointAtMs === null) alloc.lastCheckpointAtMs = latest.reportedAtMs;
     const spec = buildTaskSpec({
       clusterId: this.clusterId, experimentId: trial.exp.rec.id, trialId, taskId: trial.rec.taskId, allocationId, agentId, slotIds, deviceType,
       hparams: trial.rec.hparams, restarts: trial.rec.restarts, config: trial.exp.config,
@@ -683,6 +717,7 @@ export class Cluster {
       createdAtMs: c.createdAtMs, reportedAtMs: Date.now(), totalSize: c.totalSize, fileCount: c.fileCount, metadata: c.metadata,
       storage: exp.checkpointStorage ?? this.opts.checkpointStorage, location: c.location,
     });
+    if (this.allocations.get(c.allocationId) === alloc) alloc.lastCheckpointAtMs = Date.now();
     if (added) this.log.info('checkpoint stored', { trial: trialRec.id, checkpoint: c.uuid, name: c.name, bytes: c.totalSize, files: c.fileCount });
   }
 
@@ -715,7 +750,7 @@ export class Cluster {
       this.trials.set(rec.id, trial);
       if (holdsAllocation(rec.state) && rec.allocationId && rec.agentId) {
         const stored = await this.store.getAllocation(rec.allocationId);
-        this.allocations.set(rec.allocationId, { id: rec.allocationId, trialId: rec.id, agentId: rec.agentId, slotIds: rec.slotIds, containerId: stored?.containerId ?? '', lastAgentLogSeq: 0, logSeqKnown: false });
+        this.allocations.set(rec.allocationId, { id: rec.allocationId, trialId: rec.id, agentId: rec.agentId, slotIds: rec.slotIds, containerId: stored?.containerId ?? '', lastAgentLogSeq: 0, logSeqKnown: false, lastCheckpointAtMs: null });
         const agent = this.agents.get(rec.agentId);
         if (agent) for (const s of rec.slotIds) agent.usedSlots.set(s, rec.allocationId);
       } else if (rec.state === 'QUEUED') {

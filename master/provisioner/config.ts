@@ -35,6 +35,15 @@ const scaling = {
   max_disconnected_period: duration('5m'),
   /** Extra agent config keys for the instances (e.g. slot_type, container_network_mode). */
   agent: z.record(z.string(), z.unknown()).default({}),
+  /** Moving trials off lightly used instances so they can be terminated (consolidation.ts). */
+  consolidation: z
+    .object({
+      enabled: z.boolean().default(false),
+      max_checkpoint_age: duration('2m'),
+      min_underused_period: duration('0s'),
+    })
+    .strict()
+    .default({}),
 };
 
 /** Schema of `resource_pools[].provider`. */
@@ -107,5 +116,10 @@ export function poolScaling(pool: string, p: ProviderConfig): PoolScaling {
     maxIdleAgentPeriodMs: p.max_idle_agent_period,
     maxAgentStartingPeriodMs: p.max_agent_starting_period,
     maxDisconnectedPeriodMs: p.max_disconnected_period,
+    consolidation: {
+      enabled: p.consolidation.enabled,
+      maxCheckpointAgeMs: p.consolidation.max_checkpoint_age,
+      minUnderusedPeriodMs: p.consolidation.min_underused_period,
+    },
   };
 }

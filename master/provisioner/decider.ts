@@ -15,6 +15,10 @@
 // 4. Idle agents past max_idle_agent_period and above min_instances, longest idle first and never
 //    one the demand of step 2 needs, are first disabled, then terminated by the next decision if
 //    still idle. An instance with running tasks is never terminated or disabled, whatever else holds.
+// 5. With consolidation enabled and nothing to launch, tasks move off lightly used instances
+//    (consolidation.ts); a cordoned instance is uncordoned when queued work needs its slots, and
+//    terminated at once when it runs nothing.
+import { consolidate } from './consolidation';
 import type { InstanceView, Offering, PendingTask, ScalePlan, ScaleSnapshot } from './types';
 
 type LaunchGroup = ScalePlan['launch'][number];
@@ -38,7 +42,7 @@ const byId = (a: { id: string }, b: { id: string }) => (a.id < b.id ? -1 : a.id 
 export function decide(s: ScaleSnapshot): ScalePlan {
   const now = s.nowMs;
   const pool = s.pool;
-  const plan: ScalePlan = { launch: [], terminate: [], disable: [], unschedulable: [] };
+  const plan: ScalePlan = { launch: [], terminate: [], disable: [], unschedulable: [], cordon: [], uncordon: [], move: [], underused: [] };
   const instances = [...s.instances].sort(byId);
   // Instances on their way out are nobody's capacity; only max_instances still counts them.
   const live = instances.filter((i) => i.state !== 'terminated' && i.state !== 'shutting-down');
@@ -82,11 +86,18 @@ export function decide(s: ScaleSnapshot): ScalePlan {
   const largest = pool.instanceTypes.reduce<Offering | undefined>((m, t) => (m === undefined || t.slots > m.slots ? t : m), undefined);
   const needed = new Set<string>();
   const unmet: PendingTask[] = [];
+  // Cordoned agents are capacity of last resort: queued work that fits nowhere else lifts the cordon.
+  const cordoned: Bin[] = live.filter((i) => i.cordoned && i.agentConnected && !terminating.has(i.id)).map((i) => ({ id: i.id, free: Math.max(0, i.freeSlots) }));
+  const uncordoned = new Set<string>();
   for (const task of s.pending) {
-    const bin = bins.find((b) => b.free >= task.slots);
+    const bin = bins.find((b) => b.free >= task.slots) ?? cordoned.find((b) => b.free >= task.slots);
     if (bin) {
       bin.free -= task.slots;
       needed.add(bin.id);
+      if (cordoned.includes(bin) && !uncordoned.has(bin.id)) {
+        uncordoned.add(bin.id);
+        plan.uncordon.push({ id: bin.id, reason: 'consolidation stopped: queued work needs its slots' });
+      }
     } else if (largest === undefined || task.slots > largest.slots) {
       plan.unschedulable.push({
         taskId: task.id,
@@ -102,8 +113,19 @@ export function decide(s: ScaleSnapshot): ScalePlan {
   // 3. Launches.
   if (now >= s.memory.nextLaunchAtMs) plan.launch = launches(s, live, terminating, unmet);
 
-  // 4. Idle agents, above min_instances: disable, then (next decision) terminate.
+  // 4. Idle agents, above min_instances: disable, then (next decision) terminate. A cordoned agent
+  // that runs nothing has been emptied on purpose: terminated at once.
   let spare = live.filter((i) => !terminating.has(i.id)).length - pool.minInstances;
+  for (const i of live) {
+    if (!i.cordoned || !i.agentConnected || i.runningTasks > 0 || terminating.has(i.id) || uncordoned.has(i.id)) continue;
+    if (spare > 0) {
+      spare--;
+      terminate(i, 'consolidated: its tasks moved to other instances');
+    } else {
+      uncordoned.add(i.id);
+      plan.uncordon.push({ id: i.id, reason: `consolidation stopped: the pool is at min_instances (${pool.minInstances})` });
+    }
+  }
   const idle = live
     .filter((i) => !terminating.has(i.id) && isIdleCandidate(i) && !needed.has(i.id))
     // Agents already disabled first (finish what was started), then longest idle first.
@@ -114,6 +136,18 @@ export function decide(s: ScaleSnapshot): ScalePlan {
     const why = `idle for ${fmt(idleFor(i))} (max_idle_agent_period ${fmt(pool.maxIdleAgentPeriodMs)})`;
     if (i.agentDisabled) terminate(i, `${why}, agent disabled`);
     else plan.disable.push({ id: i.id, reason: `${why}: disabled before termination` });
+  }
+
+  // 5. Consolidation, only when nothing waits for new capacity.
+  const c = pool.consolidation;
+  if (c?.enabled && unmet.length === 0 && plan.launch.length === 0) {
+    const free = new Map(bins.map((b) => [b.id, b.free]));
+    const busy = live.filter((i) => i.agentConnected && i.runningTasks > 0 && !terminating.has(i.id) && !uncordoned.has(i.id) && (!i.agentDisabled || i.cordoned));
+    const cp = consolidate({ nowMs: now, maxCheckpointAgeMs: c.maxCheckpointAgeMs, minUnderusedPeriodMs: c.minUnderusedPeriodMs, busy, free, needed });
+    plan.cordon.push(...cp.cordon);
+    plan.uncordon.push(...cp.uncordon);
+    plan.move.push(...cp.move);
+    plan.underused.push(...cp.underused);
   }
   return plan;
 }

@@ -12,7 +12,7 @@ import type { Cluster } from '../cluster/cluster';
 import type { Store } from '../store/store';
 import { decide } from './decider';
 import { emptyLaunchMemory, onLaunchFailure, onLaunchSuccess } from './launch-errors';
-import { LaunchError, type InstanceInfo, type InstanceView, type LaunchMemory, type PoolScaling, type Provider } from './types';
+import { LaunchError, type InstanceInfo, type InstanceView, type LaunchMemory, type PoolScaling, type Provider, type ScalePlan } from './types';
 
 /** A pool the service provisions. */
 export interface ProvisionedPool {
@@ -37,6 +37,10 @@ interface PoolState {
   launches: number;
   /** Token prefix, stable per pool across restarts. */
   tokenPrefix: string;
+  /** Instances disabled by consolidation (cordoned). */
+  cordoned: string[];
+  /** Since when each instance's tasks could all have moved elsewhere (consolidation's hysteresis). */
+  underusedSince: Record<string, number>;
 }
 
 /** How long a launched instance may be missing from the provider's list before it counts as gone. */
@@ -171,7 +175,9 @@ export class ProvisionerService implements ProvisionerStatusSource {
     const agent = this.cluster.agents.get(t.id);
     const offering = p.scaling.instanceTypes.find((o) => o.instanceType === t.instanceType);
     const slots = agent ? agent.devices.length : offering?.slots ?? 0;
-    const free = agent ? agent.devices.filter((d) => !agent.usedSlots.has(d.id)).length : slots;
+    const free = agent ? agent.devices.filter((d) => !agent.usedSlots.has(d.id) && !agent.disabledSlots.has(d.id)).length : slots;
+    // A cordon lifted by someone else (det agent enable) is no cordon any more.
+    const cordoned = agent !== undefined && !agent.enabled && p.state.cordoned.includes(t.id);
     return {
       id: t.id,
       instanceType: t.instanceType,
@@ -185,7 +191,10 @@ export class ProvisionerService implements ProvisionerStatusSource {
       runningTasks: this.cluster.runningTasksOn(t.id),
       idleSinceMs: agent?.channel ? agent.idleSinceMs : null,
       slots,
-      freeSlots: agent && !agent.enabled ? 0 : free,
+      freeSlots: agent && !agent.enabled && !cordoned ? 0 : free,
+      tasks: this.cluster.tasksOn(t.id),
+      cordoned,
+      underusedSinceMs: p.state.underusedSince[t.id] ?? null,
     };
   }
 
@@ -193,12 +202,15 @@ export class ProvisionerService implements ProvisionerStatusSource {
     if (Date.now() - p.listedAtMs >= this.tickMs) await this.refresh(p);
     const now = Date.now();
     for (const t of p.state.instances) this.account(p, t, now);
-    const plan = decide({ nowMs: now, pool: p.scaling, instances: p.state.instances.map((t) => this.view(p, t)), pending: this.cluster.pendingTasks(p.name), memory: p.state.memory });
+    const views = p.state.instances.map((t) => this.view(p, t));
+    p.state.cordoned = views.filter((v) => v.cordoned).map((v) => v.id);
+    const plan = decide({ nowMs: now, pool: p.scaling, instances: views, pending: this.cluster.pendingTasks(p.name), memory: p.state.memory });
 
     for (const u of plan.unschedulable) await this.cluster.setUnschedulable(Number(u.taskId), u.reason);
     for (const d of plan.disable) {
       if (this.cluster.agents.get(d.id)) await this.cluster.setAgentEnabled(d.id, false, d.reason);
     }
+    await this.applyConsolidation(p, plan, now);
     for (const t of plan.terminate) {
       // Disable and re-check in one step on the cluster's queue: a node running a task is never terminated.
       if (!(await this.cluster.retireIfIdle(t.id, `instance terminated: ${t.reason}`))) {
@@ -249,6 +261,26 @@ export class ProvisionerService implements ProvisionerStatusSource {
     this.log.debug('provisioner pass', { pool: p.name, pending: this.cluster.pendingTasks(p.name).length, instances: p.state.instances.length, launches: plan.launch.length, terminations: plan.terminate.length });
   }
 
+  /** Cordons, lifted cordons, moves, and the underused timers (see consolidation.ts). */
+  private async applyConsolidation(p: PoolRuntime, plan: ScalePlan, now: number): Promise<void> {
+    for (const c of plan.cordon) {
+      if (!this.cluster.agents.get(c.id)) continue;
+      this.log.info('cordoning an instance for consolidation', { pool: p.name, instance: c.id, reason: c.reason });
+      await this.cluster.setAgentEnabled(c.id, false, c.reason);
+      p.state.cordoned.push(c.id);
+    }
+    for (const u of plan.uncordon) {
+      p.state.cordoned = p.state.cordoned.filter((id) => id !== u.id);
+      if (!this.cluster.agents.get(u.id)) continue;
+      this.log.info('lifting a consolidation cordon', { pool: p.name, instance: u.id, reason: u.reason });
+      await this.cluster.setAgentEnabled(u.id, true, u.reason);
+    }
+    for (const m of plan.move) await this.cluster.moveAllocation(m.taskId, m.reason);
+    const underused: Record<string, number> = {};
+    for (const id of plan.underused) underused[id] = p.state.underusedSince[id] ?? now;
+    p.state.underusedSince = underused;
+  }
+
   /** Status for `det provisioner status`. */
   async status(pool: string | undefined): Promise<ProvisionerPool[]> {
     const now = Date.now();
@@ -296,5 +328,5 @@ export function nextLaunchAllowedAt(scaling: PoolScaling, memory: LaunchMemory, 
 }
 
 function freshState(): PoolState {
-  return { instances: [], memory: emptyLaunchMemory(), instanceHours: 0, launches: 0, tokenPrefix: randomUUID().slice(0, 18) };
+  return { instances: [], memory: emptyLaunchMemory(), instanceHours: 0, launches: 0, tokenPrefix: randomUUID().slice(0, 18), cordoned: [], underusedSince: {} };
 }

@@ -77,6 +77,30 @@ export interface PoolScaling {
   maxAgentStartingPeriodMs: number;
   /** How long a disconnected agent's instance is kept before it is terminated. */
   maxDisconnectedPeriodMs: number;
+  /** Moving work off lightly used instances (consolidation.ts); absent = off. */
+  consolidation?: ConsolidationSettings;
+}
+
+/** `consolidation:` of a pool: move tasks off lightly used instances so that they can be terminated. */
+export interface ConsolidationSettings {
+  enabled: boolean;
+  /**
+   * A task is moved only while its latest checkpoint is at most this old, so a move repeats at
+   * most this much work; a task that never stored a checkpoint is never moved.
+   */
+  maxCheckpointAgeMs: number;
+  /** An instance is emptied only after its tasks could have moved elsewhere for this long (hysteresis). */
+  minUnderusedPeriodMs: number;
+}
+
+/** One task running on an instance, as consolidation sees it. */
+export interface TaskView {
+  id: string;
+  slots: number;
+  /** When the task's latest checkpoint was stored; null: none yet (never moved). */
+  lastCheckpointAtMs: number | null;
+  /** Already being stopped (moved, preempted, killed): it still holds its slots. */
+  stopping: boolean;
 }
 
 /** The decider's view of one tracked instance and its agent. */
@@ -101,6 +125,12 @@ export interface InstanceView {
   slots: number;
   /** Slots free on the agent (all slots while starting). */
   freeSlots: number;
+  /** The tasks on the agent (consolidation; absent = unknown, never moved). */
+  tasks?: TaskView[];
+  /** Disabled by consolidation (a cordon): lifted again when its slots are needed. */
+  cordoned?: boolean;
+  /** Since when every task of the agent could have moved to other agents; null: not now (service-tracked). */
+  underusedSinceMs?: number | null;
 }
 
 /** A queued task in the pool. */
@@ -145,4 +175,12 @@ export interface ScalePlan {
   disable: { id: string; reason: string }[];
   /** Tasks no offering of the pool can ever fit. */
   unschedulable: { taskId: string; reason: string }[];
+  /** Agents to disable so that they empty (consolidation); terminated once they run nothing. */
+  cordon: { id: string; reason: string }[];
+  /** Cordoned agents to enable again (their slots are needed, or their tasks no longer fit elsewhere). */
+  uncordon: { id: string; reason: string }[];
+  /** Tasks to stop and requeue (without counting a restart) so they resume elsewhere from their checkpoint. */
+  move: { id: string; taskId: string; reason: string }[];
+  /** Instances whose tasks could all move elsewhere now (the service tracks since when, for underusedSinceMs). */
+  underused: string[];
 }

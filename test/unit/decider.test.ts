@@ -230,7 +230,7 @@ describe('provisioner decide', () => {
     assert.deepEqual(second.disable, []);
     // Work that landed on it between the two decisions keeps it.
     const busy = decide(snap({ nowMs: NOW + 10_000, instances: [agent('i-1', { agentDisabled: true, runningTasks: 1, idleSinceMs: null })] }));
-    assert.deepEqual(busy, { launch: [], terminate: [], disable: [], unschedulable: [] });
+    assert.deepEqual(busy, { launch: [], terminate: [], disable: [], unschedulable: [], cordon: [], uncordon: [], move: [], underused: [] });
   });
 
   it('is deterministic: instance order does not matter and inputs are not mutated', () => {
