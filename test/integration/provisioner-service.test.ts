@@ -308,6 +308,61 @@ describe('provisioner service (in-process master, memory provider, scripted agen
     assert.equal(provider.launches.length, launchCalls, 'no launch while the remembered backoff runs, though a trial is waiting');
   });
 
+  it('consolidation: moves a checkpointed trial off a half-used instance, resumes it elsewhere from its checkpoint and terminates the emptied instance', async () => {
+    const provider = new MemoryProvider();
+    const pool = scaling({ consolidation: { enabled: true, maxCheckpointAgeMs: 60_000, minUnderusedPeriodMs: 0 } });
+    const m = await startMaster({ provider, scaling: pool, tickMs: TICK_MS });
+    const started = async (a: RawAgent, trialId: number, agentId: string) => {
+      const start = await a.next('start', 5_000, (s) => s.spec.trialId === trialId);
+      a.runUp(start.spec.allocationId);
+      await waitTrial(m, trialId, 'RUNNING', (t) => t.agentId === agentId);
+      return start.spec;
+    };
+    // i-1 runs t1 and t3 (1 slot each); i-2 runs the 2-slot t2.
+    const t1 = (await createExperiment(m, experimentYaml({ slots: 1 }))).trial;
+    const i1 = await waitLaunched(provider, 1);
+    const a1 = await agentFor(m, i1);
+    const s1 = await started(a1, t1.id, i1);
+    const t2 = (await createExperiment(m, experimentYaml({ slots: 2 }))).trial;
+    const i2 = await waitLaunched(provider, 2);
+    const a2 = await agentFor(m, i2);
+    const s2 = await started(a2, t2.id, i2);
+    const t3 = (await createExperiment(m, experimentYaml({ slots: 1 }))).trial;
+    const s3 = await started(a1, t3.id, i1);
+    // t2 ends and t4 takes half of i-2; t3 ends: each instance now runs one 1-slot trial.
+    a2.exit(s2.allocationId, 0);
+    await waitTrial(m, t2.id, 'COMPLETED');
+    const t4 = (await createExperiment(m, experimentYaml({ slots: 1 }))).trial;
+    await started(a2, t4.id, i2);
+    a1.exit(s3.allocationId, 0);
+    await waitTrial(m, t3.id, 'COMPLETED');
+
+    // Neither trial has a checkpoint: nothing moves, however many decisions run.
+    await waitPasses(m, 5);
+    assert.deepEqual(a1.all('kill'), [], 'a trial without a checkpoint is never moved');
+    assert.deepEqual(a2.all('kill'), []);
+    assert.equal((await getAgent(m, i1)).enabled, true);
+
+    // t1 stores a checkpoint: i-1 is cordoned and t1 is told to stop (it checkpoints on SIGTERM and exits 0).
+    a1.send({ kind: 'checkpoint', checkpoint: { allocationId: s1.allocationId, uuid: 'ckpt-t1-1', name: 'step-100', createdAtMs: Date.now(), totalSize: 10, fileCount: 1, metadata: {}, location: '/ckpt/ckpt-t1-1' } });
+    const kill = await a1.next('kill', 5_000, (k) => k.allocationId === s1.allocationId);
+    assert.equal(kill.signal, 'SIGTERM');
+    assert.equal((await getAgent(m, i1)).enabled, false, 'the source instance is cordoned');
+    assert.match(m.cluster.agents.get(i1)!.disabledReason, /consolidation/);
+    assert.deepEqual(a2.all('kill'), [], 'the target keeps its trial');
+    a1.exit(s1.allocationId, 0);
+
+    // t1 resumes on i-2 from its checkpoint, with no restart counted; i-1 is terminated.
+    const resumed = await a2.next('start', 5_000, (s) => s.spec.trialId === t1.id);
+    assert.equal(resumed.spec.latestCheckpointUuid, 'ckpt-t1-1');
+    a2.runUp(resumed.spec.allocationId);
+    const t1Now = await waitTrial(m, t1.id, 'RUNNING', (t) => t.agentId === i2);
+    assert.equal(t1Now.restarts, 0, 'a move is no restart');
+    await waitFor(() => provider.terminatedIds().includes(i1), { ...WAIT, what: `emptied instance ${i1} to be terminated` });
+    assert.deepEqual(provider.terminatedIds(), [i1], 'only the emptied instance is terminated');
+    assert.equal(provider.launchedIds().length, 2, 'nothing was launched for the moved trial');
+  });
+
   it('drops an instance that disappears at the provider on the next refresh', async () => {
     const provider = new MemoryProvider();
     const m = await startMaster({ provider, scaling: scaling({ minInstances: 1 }), tickMs: TICK_MS });
