@@ -1,4 +1,5 @@
 import { strict as assert } from 'node:assert';
+import { poolScaling } from '../../master/provisioner/config';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -220,6 +221,18 @@ describe('config pipeline', () => {
       const c = loadMasterConfig({ configFile: file('resource_pools:\n  - pool_name: gpu\n    scheduler: {fitting_policy: worst, preemption: true}\n'), layer: {} }, {});
       assert.deepEqual(c.resourcePools[0].scheduler, { fitting: 'worst', preemption: true, maxZeroSlotTasksPerAgent: 100 });
       assert.match(configError(() => loadMasterConfig({ configFile: file('resource_pools:\n  - pool_name: gpu\n    scheduler: {fitting_policy: tight}\n'), layer: {} }, {})), /resource_pools\.0\.scheduler\.fitting_policy/);
+    });
+
+    it('master config takes a provider consolidation block with defaults and rejects bad values', () => {
+      const yaml = (c: string) => file(`resource_pools:\n  - pool_name: gpu\n    provider: {type: local${c}}\n`);
+      const dflt = loadMasterConfig({ configFile: yaml(''), layer: {} }, {});
+      assert.deepEqual(poolScaling('gpu', dflt.resourcePools[0].provider!).consolidation, { enabled: false, maxCheckpointAgeMs: 120_000, minUnderusedPeriodMs: 0 });
+      const on = loadMasterConfig({ configFile: yaml(', consolidation: {enabled: true, max_checkpoint_age: 5m, min_underused_period: 90s}'), layer: {} }, {});
+      assert.deepEqual(poolScaling('gpu', on.resourcePools[0].provider!).consolidation, { enabled: true, maxCheckpointAgeMs: 300_000, minUnderusedPeriodMs: 90_000 });
+      const bad = configError(() => loadMasterConfig({ configFile: yaml(', consolidation: {enabled: yes-please, max_checkpoint_age: soon, moves: 3}'), layer: {} }, {}));
+      assert.match(bad, /resource_pools\.0\.provider\.consolidation\.enabled/);
+      assert.match(bad, /consolidation\.max_checkpoint_age: cannot parse "soon" as a duration/);
+      assert.match(bad, /moves/);
     });
 
     it('master config takes checkpoint_storage and rejects a bad one', () => {
