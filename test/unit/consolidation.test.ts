@@ -1,24 +1,13 @@
 import { strict as assert } from 'node:assert';
 import { decide } from '../../master/provisioner/decider';
+import { testPool } from '../support/pool-scaling';
 import type { InstanceView, PendingTask, PoolScaling, ScalePlan, ScaleSnapshot, TaskView } from '../../master/provisioner/types';
 
 const MIN = 60_000;
 const NOW = 1_000 * MIN;
 
-const pool = (over: Partial<PoolScaling> = {}): PoolScaling => ({
-  pool: 'gpu',
-  instanceTypes: [{ instanceType: 'g5.12xlarge', slots: 4 }],
-  subnetIds: ['subnet-a'],
-  spot: false,
-  spotOnly: false,
-  minInstances: 0,
-  maxInstances: 10,
-  maxIdleAgentPeriodMs: 5 * MIN,
-  maxAgentStartingPeriodMs: 10 * MIN,
-  maxDisconnectedPeriodMs: 5 * MIN,
-  consolidation: { enabled: true, maxCheckpointAgeMs: 2 * MIN, minUnderusedPeriodMs: 0 },
-  ...over,
-});
+const pool = (over: Partial<PoolScaling> = {}): PoolScaling =>
+  testPool({ subnetIds: ['subnet-a'], consolidation: { enabled: true, maxCheckpointAgeMs: 2 * MIN, minUnderusedPeriodMs: 0 }, ...over });
 /** A task of `slots` slots whose latest checkpoint is `ckptMinAgo` minutes old (null: none). */
 const task = (id: string, slots: number, ckptMinAgo: number | null, stopping = false): TaskView => ({
   id, slots, lastCheckpointAtMs: ckptMinAgo === null ? null : NOW - ckptMinAgo * MIN, stopping,

@@ -1,23 +1,12 @@
 import { strict as assert } from 'node:assert';
 import { decide } from '../../master/provisioner/decider';
+import { testPool } from '../support/pool-scaling';
 import type { InstanceView, LaunchMemory, PendingTask, PoolScaling, ScalePlan, ScaleSnapshot } from '../../master/provisioner/types';
 
 const MIN = 60_000;
 const NOW = 1_000 * MIN;
 
-const pool = (over: Partial<PoolScaling> = {}): PoolScaling => ({
-  pool: 'gpu',
-  instanceTypes: [{ instanceType: 'g5.12xlarge', slots: 4 }],
-  subnetIds: ['subnet-a', 'subnet-b'],
-  spot: false,
-  spotOnly: false,
-  minInstances: 0,
-  maxInstances: 10,
-  maxIdleAgentPeriodMs: 5 * MIN,
-  maxAgentStartingPeriodMs: 10 * MIN,
-  maxDisconnectedPeriodMs: 5 * MIN,
-  ...over,
-});
+const pool = testPool;
 const memory = (over: Partial<LaunchMemory> = {}): LaunchMemory => ({ failedOfferings: [], consecutiveFailures: 0, nextLaunchAtMs: 0, lastError: null, ...over });
 /** A connected agent; busy with `running` tasks using `slots - free` slots, or idle since `idleMinAgo`. */
 const agent = (id: string, over: Partial<InstanceView> & { idleMinAgo?: number } = {}): InstanceView => {
