@@ -76,6 +76,73 @@ describe('e2e: dynamic agents', function () {
     assert.match(text.stdout, /Instances:\s+0 \(min 0, max 2\)/);
   });
 
+  it('local provider with consolidation: a checkpointing trial moves off a half-used instance, resumes from its checkpoint, and the emptied instance is terminated', async () => {
+    const config = writeFile(
+      'master.yaml',
+      `resource_pools:
+  - pool_name: default
+    provider:
+      type: local
+      slots_per_instance: 2
+      max_instances: 3
+      max_idle_agent_period: 120s
+      max_agent_starting_period: 60s
+      docker_socket: ${env.dockerSocket}
+      consolidation: {enabled: true, max_checkpoint_age: 30s}
+`,
+    );
+    master = await startMaster(['--config-file', config]);
+    const m = ['-m', master.address];
+    const create = async (name: string, slots: number, script: string) => {
+      const file = writeFile(`${name}.yaml`, `name: ${name}\nimage: ${env.image}\nmax_restarts: 0\nkill_grace_period: 20s\nresources: {slots_per_trial: ${slots}}\nentrypoint: ["sh", "-c", ${JSON.stringify(script)}]\n`);
+      const r = await det([...m, 'experiment', 'create', file]);
+      assert.equal(r.code, 0, r.stdout + r.stderr);
+      return Number(/Created experiment (\d+)/.exec(r.stdout)![1]);
+    };
+    const trialOf = async (id: number) => JSON.parse((await det([...m, '--json', 'experiment', 'describe', String(id)])).stdout).trials[0];
+    const running = async (id: number) => {
+      let t: { state: string; agentId: string } | undefined;
+      await waitFor(async () => (t = await trialOf(id)).state === 'RUNNING', { what: `experiment ${id}'s trial to run`, timeoutMs: 60_000, intervalMs: 200 });
+      return t!.agentId;
+    };
+    const kill = async (id: number) => {
+      assert.equal((await det([...m, 'experiment', 'kill', String(id)])).code, 0);
+      await waitFor(async () => (await trialOf(id)).state === 'CANCELED', { what: `experiment ${id} to be canceled`, timeoutMs: 60_000, intervalMs: 200 });
+    };
+    const wait = "trap 'exit 143' TERM; sleep 600 & wait $!";
+    // Checkpoints every 2 s; on SIGTERM it stops and exits 0 (a stop, not the end of its work);
+    // resumed, it says from where and finishes.
+    const mover = `if [ -n "$DET_LATEST_CHECKPOINT" ]; then echo "resumed from $(cat $DET_LATEST_CHECKPOINT/state.txt) on $DET_AGENT_ID"; exit 0; fi
+trap 'echo "stopping on $DET_AGENT_ID"; exit 0' TERM
+i=0; while true; do i=$((i+1)); d=$DET_CHECKPOINT_DIR/step-$i; mkdir -p $d; echo step-$i > $d/state.txt; touch $d/.det-complete; sleep 2 & wait $!; done`;
+
+    // Instance 1 runs the mover and a filler, instance 2 a 2-slot trial: both full.
+    const moverId = await create('mover', 1, mover);
+    const first = await running(moverId);
+    const wide = await create('wide', 2, wait);
+    const second = await running(wide);
+    assert.notEqual(first, second);
+    const filler = await create('filler', 1, wait);
+    assert.equal(await running(filler), first, 'best fit puts the filler next to the mover');
+    // Instance 2 is freed and takes a trial without checkpoints; then the filler ends: each
+    // instance runs one 1-slot trial, and only the mover has checkpoints.
+    await kill(wide);
+    const stay = await create('stay', 1, wait);
+    assert.equal(await running(stay), second);
+    await kill(filler);
+
+    await waitFor(async () => (await trialOf(moverId)).state === 'COMPLETED', { what: 'the mover to be moved, resumed and completed', timeoutMs: 90_000, intervalMs: 500 });
+    const t = await trialOf(moverId);
+    assert.equal(t.restarts, 0, 'a move is no restart');
+    const logs = (await det([...m, 'trial', 'logs', String(t.id)])).stdout;
+    assert.match(logs, new RegExp(`stopping on ${first}`));
+    assert.match(logs, new RegExp(`resumed from step-\\d+ on ${second}`));
+    await master.proc.waitForOutput(new RegExp(`terminating instance .*instance=${first}.*consolidated`), 'the consolidated instance terminated');
+    await waitFor(async () => (await status()).instances.map((i: { id: string }) => i.id).join() === second, { what: `only ${second} left`, timeoutMs: 30_000 });
+    assert.equal((await trialOf(stay)).state, 'RUNNING', 'the trial on the target kept running');
+    await kill(stay);
+  }).timeout(240_000);
+
   it('EC2 provider: a capacity error on the first instance type falls back to the second, with bounded retries', async () => {
     ec2 = await startFakeEc2();
     ec2.failWith({ action: 'RunInstances', code: 'InsufficientInstanceCapacity', instanceType: 'g5.xlarge' });
