@@ -750,7 +750,12 @@ export class Cluster {
       this.trials.set(rec.id, trial);
       if (holdsAllocation(rec.state) && rec.allocationId && rec.agentId) {
         const stored = await this.store.getAllocation(rec.allocationId);
-        this.allocations.set(rec.allocationId, { id: rec.allocationId, trialId: rec.id, agentId: rec.agentId, slotIds: rec.slotIds, containerId: stored?.containerId ?? '', lastAgentLogSeq: 0, logSeqKnown: false, lastCheckpointAtMs: null });
+        // Consolidation needs the latest checkpoint's time; unknown (never moved) if the store cannot say.
+        const latest = await this.store.latestCheckpoint(rec.id).catch(() => undefined);
+        this.allocations.set(rec.allocationId, {
+          id: rec.allocationId, trialId: rec.id, agentId: rec.agentId, slotIds: rec.slotIds, containerId: stored?.containerId ?? '', lastAgentLogSeq: 0, logSeqKnown: false,
+          lastCheckpointAtMs: latest?.reportedAtMs ?? null,
+        });
         const agent = this.agents.get(rec.agentId);
         if (agent) for (const s of rec.slotIds) agent.usedSlots.set(s, rec.allocationId);
       } else if (rec.state === 'QUEUED') {

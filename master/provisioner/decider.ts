@@ -139,8 +139,10 @@ export function decide(s: ScaleSnapshot): ScalePlan {
   }
 
   // 5. Consolidation, only when nothing waits for new capacity.
+  // Never below min_instances: an instance emptied there would only be uncordoned again.
   const c = pool.consolidation;
-  if (c?.enabled && unmet.length === 0 && plan.launch.length === 0) {
+  const kept = live.filter((i) => !terminating.has(i.id)).length;
+  if (c?.enabled && unmet.length === 0 && plan.launch.length === 0 && kept > pool.minInstances) {
     const free = new Map(bins.map((b) => [b.id, b.free]));
     const busy = live.filter((i) => i.agentConnected && i.runningTasks > 0 && !terminating.has(i.id) && !uncordoned.has(i.id) && (!i.agentDisabled || i.cordoned));
     const cp = consolidate({ nowMs: now, maxCheckpointAgeMs: c.maxCheckpointAgeMs, minUnderusedPeriodMs: c.minUnderusedPeriodMs, busy, free, needed });

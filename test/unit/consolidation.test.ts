@@ -115,6 +115,11 @@ const rows: { name: string; s: ScaleSnapshot; want: Expect }[] = [
     want: { uncordon: ['i-1'] },
   },
   {
+    name: 'at min_instances nothing is emptied (it would only be uncordoned again)',
+    s: snap([agent('i-1', [task('a', 1, 1)]), agent('i-2', [task('b', 2, 1)])], { pool: pool({ minInstances: 2 }) }),
+    want: {},
+  },
+  {
     name: 'hysteresis: underused for less than min_underused_period: reported, not cordoned',
     s: snap([agent('i-1', [task('a', 1, 1)], { underusedSinceMs: NOW - 2 * MIN }), agent('i-2', [task('b', 2, 1)])], { pool: pool({ consolidation: { enabled: true, maxCheckpointAgeMs: 2 * MIN, minUnderusedPeriodMs: 5 * MIN } }) }),
     want: { underused: ['i-1', 'i-2'] },
