@@ -24,7 +24,7 @@ export function provisionerText(p: ProvisionerPool__Output, now: number): string
         ['Instance ID', 'Type', 'Subnet', 'State', 'Spot', 'Launched', 'Agent', 'Tasks', 'Idle For'],
         p.instances.map((i) => [
           i.id, i.instanceType, i.subnetId || '-', i.state, i.spot, formatAgo(i.launchedAtMs, now),
-          i.agentConnected ? (i.disabled ? 'connected (disabled)' : 'connected') : 'not connected', i.runningTasks, i.idleSinceMs ? formatDuration(now - i.idleSinceMs) : '-',
+          i.agentConnected ? (i.cordoned ? 'connected (cordoned)' : i.disabled ? 'connected (disabled)' : 'connected') : 'not connected', i.runningTasks, i.idleSinceMs ? formatDuration(now - i.idleSinceMs) : '-',
         ]),
       ),
     );

@@ -299,7 +299,7 @@ export class ProvisionerService implements ProvisionerStatusSource {
             const v = this.view(p, t);
             return {
               id: t.id, instanceType: t.instanceType, subnetId: t.subnetId, state: t.state, launchedAtMs: t.launchedAtMs, agentConnected: v.agentConnected,
-              runningTasks: v.runningTasks, idleSinceMs: v.idleSinceMs ?? 0, spot: t.spot, disabled: v.agentDisabled,
+              runningTasks: v.runningTasks, idleSinceMs: v.idleSinceMs ?? 0, spot: t.spot, disabled: v.agentDisabled, cordoned: v.cordoned === true,
             };
           }),
           lastError: err ? { atMs: err.atMs, kind: err.kind, code: err.code, message: err.message, instanceType: err.instanceType, subnetId: err.subnetId } : null,

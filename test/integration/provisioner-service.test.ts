@@ -349,6 +349,7 @@ describe('provisioner service (in-process master, memory provider, scripted agen
     assert.equal(kill.signal, 'SIGTERM');
     assert.equal((await getAgent(m, i1)).enabled, false, 'the source instance is cordoned');
     assert.match(m.cluster.agents.get(i1)!.disabledReason, /consolidation/);
+    assert.deepEqual((await poolStatus(m)).instances.map((i) => [i.id, i.cordoned]), [[i1, true], [i2, false]], 'status shows the cordon');
     assert.deepEqual(a2.all('kill'), [], 'the target keeps its trial');
     a1.exit(s1.allocationId, 0);
 

@@ -14,6 +14,7 @@ export interface ProvisionedInstance {
   'idleSinceMs'?: (number | string | Long);
   'spot'?: (boolean);
   'disabled'?: (boolean);
+  'cordoned'?: (boolean);
 }
 
 export interface ProvisionedInstance__Output {
@@ -27,4 +28,5 @@ export interface ProvisionedInstance__Output {
   'idleSinceMs': (number);
   'spot': (boolean);
   'disabled': (boolean);
+  'cordoned': (boolean);
 }
