@@ -40,7 +40,7 @@
 //    dropped as already seen after an agent restart.
 import { errorMessage } from '../../common/errors';
 import type { Logger } from '../../common/log';
-import type { ContainerReport, ContainerState, ExitInfo, LogLine, TaskSpec } from '../../common/types';
+import type { CheckpointReport, ContainerReport, ContainerState, ExitInfo, LogLine, TaskSpec } from '../../common/types';
 import type { CheckpointSync } from '../checkpoints/sync';
 import type { Outbox } from '../session/outbox';
 import { FileLogSequenceStore, LogSequencer } from './log-sequence';
@@ -72,6 +72,8 @@ interface Tracked {
   adopted: SavedTask | undefined;
   /** The master's kill, if one came (repeated once an adopted container's run has begun). */
   killRequest: { signal: string; gracePeriodMs: number } | undefined;
+  /** Checkpoints reported for the allocation: sent again after a re-registration (a broken stream may have lost them). */
+  reported: CheckpointReport[];
 }
 
 /** Minimum gap between forwarded pull-progress messages of one allocation. */
@@ -157,7 +159,7 @@ export class ContainerManager {
   private track(spec: TaskSpec, state: ContainerState, containerId: string, seqs: LogSequencer, adopted: SavedTask | undefined): Tracked {
     const t: Tracked = {
       spec, state, containerId, exit: undefined, seqs, sentSeq: 0, reportedAtMs: 0, sentState: state, sentExit: undefined, done: Promise.resolve(),
-      prep: new AbortController(), checkpoints: undefined, adopted, killRequest: undefined,
+      prep: new AbortController(), checkpoints: undefined, adopted, killRequest: undefined, reported: [],
     };
     this.tracked.set(spec.allocationId, t);
     return t;
@@ -196,7 +198,7 @@ export class ContainerManager {
     ch.send('PULLING');
     let prepared: PreparedTask | undefined;
     try {
-      prepared = await prepareTask(t.spec, this.files, ch.say, (c) => this.outbox.send({ kind: 'checkpoint', checkpoint: c }), AbortSignal.any([t.prep.signal, this.controller.signal]));
+      prepared = await prepareTask(t.spec, this.files, ch.say, (c) => this.reportCheckpoint(t, c), AbortSignal.any([t.prep.signal, this.controller.signal]));
       // From here on a restarted agent can adopt the container: the numbering state first, spec.json last.
       this.persistNumbering(allocationId, t, prepared.dir, false);
       await prepared.save();
@@ -217,10 +219,10 @@ export class ContainerManager {
     const ch = this.channel(allocationId, t);
     let prepared: PreparedTask;
     try {
-      const resumed = await resumeTask(saved, this.files, ch.say, (c) => this.outbox.send({ kind: 'checkpoint', checkpoint: c }));
+      const resumed = await resumeTask(saved, this.files, ch.say, (c) => this.reportCheckpoint(t, c));
       this.persistNumbering(allocationId, t, resumed.dir, true);
       // Reports of checkpoints stored before the restart may have been lost with the old stream.
-      for (const c of resumed.storedBefore) void this.outbox.send({ kind: 'checkpoint', checkpoint: c });
+      for (const c of resumed.storedBefore) void this.reportCheckpoint(t, c);
       prepared = resumed;
     } catch (err) {
       // The container runs, but without its files the agent cannot look after it: stop it.
@@ -333,6 +335,8 @@ export class ContainerManager {
           t.adopted = undefined;
           t.done = this.resume(id, t, saved);
         }
+        // The old stream may have lost checkpoint reports handed to it: the master ignores repeats.
+        for (const c of t.reported) void this.outbox.send({ kind: 'checkpoint', checkpoint: c });
         continue;
       }
       if (saved) {
@@ -360,6 +364,12 @@ export class ContainerManager {
    */
   pruneReported(beforeMs: number): void {
     for (const [id, t] of this.tracked) if (t.state === 'TERMINATED' && t.reportedAtMs > 0 && t.reportedAtMs < beforeMs) this.tracked.delete(id);
+  }
+
+  /** Reports a stored checkpoint to the master and remembers it for re-registrations. */
+  private reportCheckpoint(t: Tracked, c: CheckpointReport): Promise<void> {
+    t.reported.push(c);
+    return this.outbox.send({ kind: 'checkpoint', checkpoint: c });
   }
 
   /** Kills every running container (grace periods apply) and waits for them; used on shutdown. */

@@ -717,7 +717,8 @@ export class Cluster {
       createdAtMs: c.createdAtMs, reportedAtMs: Date.now(), totalSize: c.totalSize, fileCount: c.fileCount, metadata: c.metadata,
       storage: exp.checkpointStorage ?? this.opts.checkpointStorage, location: c.location,
     });
-    if (this.allocations.get(c.allocationId) === alloc) alloc.lastCheckpointAtMs = Date.now();
+    // A repeated report (after a reconnect) is no new checkpoint.
+    if (added && this.allocations.get(c.allocationId) === alloc) alloc.lastCheckpointAtMs = Date.now();
     if (added) this.log.info('checkpoint stored', { trial: trialRec.id, checkpoint: c.uuid, name: c.name, bytes: c.totalSize, files: c.fileCount });
   }
 

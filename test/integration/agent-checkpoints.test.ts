@@ -103,6 +103,30 @@ describe('agent: checkpoints of task containers (fake runtime, real files)', fun
     await waitFor(() => !fs.existsSync(path.join(workDir, 'allocations', s.allocationId)), { what: 'the allocation directory to be removed' });
   });
 
+  it('after a re-registration the reports of stored checkpoints are sent again (a broken stream may have lost them), only for allocations the master expects', async () => {
+    const s = spec();
+    manager.start(s);
+    const run = await runtime.waitForRun(s.allocationId);
+    run.state('RUNNING', 'ctr');
+    writeCheckpoint(run, 'step-1', { 'w.bin': 'one' });
+    await manager.flushCheckpoints();
+    const [first] = reports();
+    assert.equal(first.name, 'step-1');
+    manager.reconcile([s.allocationId]);
+    await waitFor(() => reports().length === 2, { what: 'the report sent again' });
+    assert.deepEqual(reports()[1], first, 'the same checkpoint (same uuid), not a new one');
+    // Only what was stored: a second checkpoint adds one report, and each re-registration repeats both.
+    writeCheckpoint(run, 'step-2', { 'w.bin': 'two' });
+    await manager.flushCheckpoints();
+    manager.reconcile([s.allocationId]);
+    await waitFor(() => reports().length === 5, { what: 'two reports sent again' });
+    assert.deepEqual(reports().map((r) => r.name), ['step-1', 'step-1', 'step-2', 'step-1', 'step-2']);
+    run.finish({ exitCode: 0, failureKind: 'NONE', message: '' });
+    await waitFor(() => kinds(s.allocationId).includes('TERMINATED'), { what: 'TERMINATED' });
+    manager.reconcile([]);
+    assert.equal(reports().length, 5, 'nothing is sent for an allocation the master no longer expects');
+  });
+
   it('flushCheckpoints (spot notice) stores completed checkpoints while the container keeps running', async () => {
     const s = spec();
     manager.start(s);
