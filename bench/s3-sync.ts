@@ -4,7 +4,7 @@
 // prefix. Then each uploads the unchanged data again: ours as a new checkpoint of the same
 // directory through the same uploader (dedupe + hash cache), the tools as a second sync.
 //
-// Usage: npm run bench:s3-sync [-- --rounds N] [-- --file-concurrency N] [-- --json]
+// Usage: npm run bench:s3-sync [-- --rounds N] [-- --file-concurrency N] [-- --multipart-threshold-mib N] [-- --json]
 // (package.json runs this under test/env/with-testenv.sh, which provides s3rver.)
 // Exits 0 whether or not the targets are met; non-zero only when something broke.
 import { spawn } from 'node:child_process';
@@ -20,7 +20,7 @@ import { CheckpointUploader } from '../agent/checkpoints/uploader';
 import { COMPLETE_MARKER } from '../common/checkpoints/contract';
 import { createLogger } from '../common/log';
 import { S3Storage } from '../common/storage';
-import { PART_SIZE, QUEUE_SIZE } from '../common/storage/s3';
+import { DEFAULT_MULTIPART_THRESHOLD_BYTES, PART_SIZE, QUEUE_SIZE } from '../common/storage/s3';
 import { s3TestProcessEnv } from '../test/support/awscli';
 import { testEnv } from '../test/support/env';
 import { S3_TEST_REGION, S3RVER_CREDENTIALS } from '../test/support/s3';
@@ -44,6 +44,8 @@ interface Options {
   smallKiB: number;
   largeFiles: number;
   fileConcurrency: number;
+  /** S3Storage's multipart threshold in MiB; undefined: its default. */
+  multipartThresholdMiB?: number;
   rounds: number;
   json: boolean;
 }
@@ -54,6 +56,9 @@ const USAGE = `usage: node dist/bench/s3-sync.js [options]
   --small-kib N         size of each small file in KiB (default 100); the large files share the rest
   --large-files N       number of large files (default 4)
   --file-concurrency N  our uploader's files in flight (default 16, the uploader's default)
+  --multipart-threshold-mib N
+                        our files above N MiB go multipart, smaller ones as one PUT
+                        (default: S3Storage's, 256; 8 is awscli's threshold)
   --rounds N            full upload + re-sync rounds of each tool, interleaved (default 1)
   --json                print only one JSON object on stdout (progress goes to stderr)`;
 
@@ -66,6 +71,7 @@ function parseOptions(argv: string[]): Options {
       'small-kib': { type: 'string' },
       'large-files': { type: 'string' },
       'file-concurrency': { type: 'string' },
+      'multipart-threshold-mib': { type: 'string' },
       rounds: { type: 'string' },
       json: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
@@ -80,6 +86,7 @@ function parseOptions(argv: string[]): Options {
     smallKiB: int('small-kib', values['small-kib'], 100, 1),
     largeFiles: int('large-files', values['large-files'], 4, 1),
     fileConcurrency: int('file-concurrency', values['file-concurrency'], 16, 1),
+    multipartThresholdMiB: values['multipart-threshold-mib'] === undefined ? undefined : int('multipart-threshold-mib', values['multipart-threshold-mib'], 0, 0),
     rounds: int('rounds', values.rounds, 1, 1),
     json: values.json ?? false,
   };
@@ -315,6 +322,7 @@ async function main(): Promise<number> {
     const rclone: ToolRun[] = [];
     const hashStats: { hits: number; misses: number }[] = [];
     const server = s3rverPid();
+    const threshold = opts.multipartThresholdMiB === undefined ? DEFAULT_MULTIPART_THRESHOLD_BYTES : opts.multipartThresholdMiB * MiB;
     const describe = (name: string, r: number, run: ToolRun, resyncWhat: string) =>
       note(
         `round ${r + 1}: ${name.padEnd(7)} ${run.fullS.toFixed(2)} s (${(data.bytes / 1e6 / run.fullS).toFixed(1)} MB/s, CPU ${run.clientCpuS.toFixed(1)} s` +
@@ -323,7 +331,15 @@ async function main(): Promise<number> {
     for (let r = 0; r < opts.rounds; r++) {
       // Ours: one uploader per round, as for one trial allocation.
       checkInterrupted();
-      const storage = new S3Storage({ bucket, prefix: `agent-${r}`, endpointUrl: endpoint, forcePathStyle: true, region: REGION, credentials: CREDENTIALS });
+      const storage = new S3Storage({
+        bucket,
+        prefix: `agent-${r}`,
+        endpointUrl: endpoint,
+        forcePathStyle: true,
+        region: REGION,
+        credentials: CREDENTIALS,
+        multipartThresholdBytes: threshold,
+      });
       try {
         const hashCache = new HashCache();
         const up = new CheckpointUploader({ storage, log: createLogger('bench', { level: 'warn' }), fileConcurrency: opts.fileConcurrency, hashCache });
@@ -399,6 +415,7 @@ async function main(): Promise<number> {
       files: data.files,
       rounds: opts.rounds,
       file_concurrency: opts.fileConcurrency,
+      multipart_threshold_mib: threshold / MiB,
       part_size_mib: PART_SIZE / MiB,
       parts_in_flight_per_file: QUEUE_SIZE,
       cpus: os.availableParallelism(),
@@ -419,7 +436,7 @@ async function main(): Promise<number> {
       `${num(cpuPerGb(runs, 'clientCpuS'), 12)} ${num(cpuPerGb(runs, 'serverCpuS'), 12)}`;
     const lines = [
       `Checkpoint upload to s3rver: ${(data.bytes / MiB).toFixed(0)} MiB in ${data.files} files (${opts.largeFiles} large, ${opts.smallFiles} x ${opts.smallKiB} KiB), ${opts.rounds} round(s), medians`,
-      `  machine: ${os.availableParallelism()} CPUs, load average ${result.load_avg_1m.join(' -> ')}, node ${process.version}; ours: ${opts.fileConcurrency} files in flight, ${PART_SIZE / MiB} MiB parts, ${QUEUE_SIZE} parts in flight per file`,
+      `  machine: ${os.availableParallelism()} CPUs, load average ${result.load_avg_1m.join(' -> ')}, node ${process.version}; ours: ${opts.fileConcurrency} files in flight, one PUT up to ${threshold / MiB} MiB, above: ${PART_SIZE / MiB} MiB parts, ${QUEUE_SIZE} parts in flight per file`,
       `  ${''.padEnd(24)} ${'full s'.padStart(8)} ${'MB/s'.padStart(8)} ${'re-sync s'.padStart(10)}${'CPU s/GB'.padStart(12)} ${'s3rver s/GB'.padStart(12)}`,
       row('det CheckpointUploader', ours, agentMbS),
       row('aws s3 sync', aws, awsMbS),

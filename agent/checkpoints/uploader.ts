@@ -161,9 +161,11 @@ export class CheckpointUploader {
 
   // One attempt at uploading `f`. The file is opened without following a final symlink after its
   // real path was checked to be inside the checkpoint, and what is sent must be what was hashed,
-  // even if the trial broke the contract and changed the file: small files are hashed again in
-  // memory before they are sent; for large ones the identity (device, inode, size, mtime and
-  // ctime, which no one can set back) must be the one they had when hashed, before and after.
+  // even if the trial broke the contract and changed the file. On S3 a single PUT is signed with
+  // the manifest's sha256 and S3 refuses other content, but S3-compatible servers may not check
+  // (s3rver does not), so: small files are hashed again in memory before they are sent (about
+  // 1 CPU-s per GB); for large ones the identity (device, inode, size, mtime and ctime, which no
+  // one can set back) must be the one they had when hashed, before and after.
   private async putFile(root: string, f: ManifestFile, hashedAs: ReadonlyMap<string, string>, signal?: AbortSignal): Promise<void> {
     const real = await fs.realpath(path.join(root, ...f.path.split('/')));
     if (!isInside(root, real)) throw changed(f, `it now resolves outside the checkpoint (to ${real})`);
@@ -175,7 +177,7 @@ export class CheckpointUploader {
       if (f.size <= SMALL_FILE_BYTES) {
         const body = await fh.readFile();
         if (body.length !== f.size || sha256Of(body) !== f.sha256) throw changed(f, 'its content differs from when it was hashed');
-        await this.opts.storage.put(f.key, body, { size: f.size }, signal);
+        await this.opts.storage.put(f.key, body, { size: f.size, sha256: f.sha256 }, signal);
         return;
       }
       const expected = hashedAs.get(real);
@@ -184,7 +186,7 @@ export class CheckpointUploader {
       // Destroying the stream would close `fh` too: only on failure (the handle is closed below anyway).
       const source = fh.createReadStream({ autoClose: false, start: 0, highWaterMark: READ_CHUNK_BYTES });
       try {
-        await this.opts.storage.put(f.key, source, { size: f.size }, signal);
+        await this.opts.storage.put(f.key, source, { size: f.size, sha256: f.sha256 }, signal);
       } catch (err) {
         source.destroy();
         throw err;

@@ -1,6 +1,9 @@
-// s3: checkpoints in an S3 bucket under an optional prefix. Uploads go through lib-storage's
-// Upload (multipart above one part: 8 MiB parts, 4 in flight); the SDK retries (maxAttempts)
-// and takes credentials from its default chain (environment, profile, instance profile).
+// s3: checkpoints in an S3 bucket under an optional prefix. An object of known size up to the
+// multipart threshold whose sha256 the caller knows (or a Buffer) goes as ONE PutObject signed
+// with that sha256 (s3-put.ts); anything else through lib-storage's Upload (multipart above one
+// part: 8 MiB parts, 4 in flight). The SDK retries (maxAttempts; not a streamed single PUT: the
+// caller reopens the source) and takes credentials from its default chain (environment,
+// profile, instance profile).
 // Every error is mapped to a message that names the object and never carries credentials.
 import { Readable } from 'node:stream';
 import {
@@ -15,12 +18,18 @@ import { Upload } from '@aws-sdk/lib-storage';
 import { DetError, errorMessage } from '../errors';
 import { ObjectNotFoundError, redact } from './errors';
 import { validateKey, validatePrefix } from './paths';
+import { isSha256Hex, MAX_SINGLE_PUT_BYTES, putSingle } from './s3-put';
 import type { CheckpointStorage, ListedObject, ObjectInfo, PutOptions, PutResult } from './storage';
 
 /** Multipart part size (S3's minimum is 5 MiB). */
 export const PART_SIZE = 8 * 1024 * 1024;
 /** Parts uploaded in parallel per object. */
 export const QUEUE_SIZE = 4;
+/**
+ * Default multipart threshold: larger objects go multipart, smaller ones (of known size) as one
+ * PutObject. Why 256 MiB: docs/checkpoints.md, "How files are sent to S3".
+ */
+export const DEFAULT_MULTIPART_THRESHOLD_BYTES = 256 * 1024 * 1024;
 /** S3's limit of keys per DeleteObjects request. */
 export const DELETE_BATCH = 1000;
 
@@ -46,7 +55,17 @@ export interface S3StorageOptions {
    * retried like a network error); catches stalled connections (default: none, the SDK's default).
    */
   requestTimeoutMs?: number;
+  /**
+   * Buffers, and streams with a size and a sha256 in PutOptions, of up to this many bytes are
+   * sent as one PutObject (signed with the sha256 when given); larger ones, and streams without
+   * both, go through lib-storage (multipart above PART_SIZE). Default 256 MiB; at most 5 GiB,
+   * S3's single PUT limit.
+   */
+  multipartThresholdBytes?: number;
 }
+
+const noop = () => undefined;
+const SILENT_SDK_LOGGER = { debug: noop, info: noop, warn: noop, error: noop };
 
 interface AwsLikeError {
   name?: string;
@@ -65,6 +84,8 @@ export class S3Storage implements CheckpointStorage {
   readonly prefix: string;
   /** The SDK client (tests add middleware to it). */
   readonly client: S3Client;
+  /** Objects of known size up to this go as one PutObject. */
+  readonly multipartThresholdBytes: number;
   private readonly pageSize: number;
   private readonly endpoint: string;
   private readonly secrets: string[] = [];
@@ -74,6 +95,11 @@ export class S3Storage implements CheckpointStorage {
     this.prefix = (opts.prefix ?? '').replace(/^\/+|\/+$/g, '');
     if (this.prefix !== '') validatePrefix(this.prefix);
     this.pageSize = opts.listPageSize ?? 1000;
+    const threshold = opts.multipartThresholdBytes ?? DEFAULT_MULTIPART_THRESHOLD_BYTES;
+    if (!Number.isSafeInteger(threshold) || threshold < 0 || threshold > MAX_SINGLE_PUT_BYTES) {
+      throw new DetError('DET_ERR_INVALID_ARGUMENT', `multipartThresholdBytes must be an integer from 0 to ${MAX_SINGLE_PUT_BYTES} (5 GiB, S3's single PUT limit), got ${threshold}`);
+    }
+    this.multipartThresholdBytes = threshold;
     this.endpoint = opts.endpointUrl ?? 'AWS S3';
     const creds = opts.credentials;
     if (creds && typeof creds === 'object' && 'secretAccessKey' in creds) {
@@ -90,6 +116,10 @@ export class S3Storage implements CheckpointStorage {
       // about a tenth of the client's CPU on small files, and older S3-compatible servers reject it.
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
+      // The SDK's default logger drops everything but prints "An error was encountered in a
+      // non-retryable streaming request" to the console for every failed streamed PUT, which
+      // the uploader retries itself (and logs). Errors reach the caller through mapError.
+      logger: SILENT_SDK_LOGGER,
       ...(opts.requestTimeoutMs !== undefined
         ? { requestHandler: { connectionTimeout: opts.requestTimeoutMs, socketTimeout: opts.requestTimeoutMs } }
         : {}),
@@ -113,6 +143,25 @@ export class S3Storage implements CheckpointStorage {
 
   async put(key: string, source: Readable | Buffer, opts: PutOptions = {}, signal?: AbortSignal): Promise<PutResult> {
     const Key = this.objectKey(key);
+    if (opts.sha256 !== undefined && !isSha256Hex(opts.sha256)) {
+      throw new DetError('DET_ERR_INVALID_ARGUMENT', `cannot upload s3://${this.bucket}/${Key}: sha256 must be 64 lowercase hex digits, got ${JSON.stringify(opts.sha256)}`);
+    }
+    const size = Buffer.isBuffer(source) ? source.length : opts.size;
+    if (Buffer.isBuffer(source) && opts.size !== undefined && opts.size !== source.length) {
+      throw new DetError('DET_ERR_INVALID_ARGUMENT', `cannot upload s3://${this.bucket}/${Key}: size ${opts.size} given for a ${source.length}-byte buffer`);
+    }
+    // One request when the size is known and small enough, and the body's sha256 is known (a
+    // stream cannot be hashed before it is sent) or the SDK can hash it (a Buffer).
+    if (size !== undefined && size <= this.multipartThresholdBytes && (opts.sha256 !== undefined || Buffer.isBuffer(source))) {
+      signal?.throwIfAborted();
+      try {
+        const out = await putSingle(this.client, { bucket: this.bucket, key: Key, body: source, size, sha256: opts.sha256, contentType: opts.contentType }, signal);
+        return { etag: unquote(out.ETag) };
+      } catch (err) {
+        if (signal?.aborted) throw signal.reason;
+        throw this.mapError(err, 'upload', Key);
+      }
+    }
     const upload = new Upload({
       client: this.client,
       params: {
@@ -246,6 +295,10 @@ export class S3Storage implements CheckpointStorage {
       case 'InvalidToken':
       case 'TokenRefreshRequired':
         message = `cannot ${op} ${where}: S3 rejected the credentials (${detail}); check the instance profile or the AWS_* environment`;
+        break;
+      case 'XAmzContentSHA256Mismatch':
+      case 'BadDigest':
+        message = `cannot ${op} ${where}: S3 received content that does not match its sha256 (${detail}): the file changed while it was sent, or the data was corrupted on the way`;
         break;
       case 'CredentialsProviderError':
         message = `cannot ${op} ${where}: no AWS credentials found (instance profile, AWS_* environment or ~/.aws); configure one`;

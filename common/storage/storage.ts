@@ -8,8 +8,15 @@ export type CheckpointStorageKind = 'shared_fs' | 's3';
 
 /** Options for one put. */
 export interface PutOptions {
-  /** Size in bytes when known (lets S3 use a single PUT for small streams). */
+  /** Size in bytes when known (lets S3 use a single PUT for streams up to its multipart threshold). */
   size?: number;
+  /**
+   * Hex sha256 of the content, when the caller knows it (a checkpoint manifest's). S3 signs a
+   * single PUT with it (x-amz-content-sha256), so the body is not hashed again and S3 rejects
+   * content that differs; S3-compatible servers may not check it (s3rver does not), so callers
+   * keep their own checks. Multipart uploads and shared_fs ignore it.
+   */
+  sha256?: string;
   /** Content-Type stored with the object (S3 only). */
   contentType?: string;
 }

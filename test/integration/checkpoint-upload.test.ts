@@ -26,10 +26,12 @@ import {
   type PutOptions,
   type PutResult,
 } from '../../common/storage';
+import { PART_SIZE } from '../../common/storage/s3';
 import { awsCli } from '../support/awscli';
 import { checkpointInfo, collectingLogger, fsKeys, rawS3Keys, randomFiles, treeDigests, writeCheckpoint } from '../support/checkpoint-fixtures';
 import { testEnv } from '../support/env';
 import { createTestBucket, deleteTestBucket, S3_TEST_REGION, S3RVER_CREDENTIALS, testS3Client } from '../support/s3';
+import { recordWire } from '../support/s3-wire';
 
 const PREFIX = 'exp-7/checkpoints';
 const FAST_RETRY = { baseMs: 1, maxMs: 5, jitter: 0 };
@@ -524,6 +526,46 @@ describe('checkpoint upload, download and delete', function () {
 
   uploadSuite(sharedFsBackend);
   uploadSuite(s3Backend);
+
+  describe('on the wire (s3)', () => {
+    let bucket: string;
+    let work: string;
+    beforeEach(async () => {
+      bucket = await createTestBucket(rawS3(), 'ckpt-wire');
+      work = await fs.mkdtemp(path.join(tmpdir(), 'det-ckpt-wire-'));
+    });
+    afterEach(async () => {
+      await deleteTestBucket(rawS3(), bucket);
+      await fs.rm(work, { recursive: true, force: true });
+    });
+
+    it("sends each file up to the multipart threshold as ONE PutObject signed with the manifest's sha256, larger ones multipart", async () => {
+      const threshold = PART_SIZE + MiB;
+      const storage = new S3Storage({ bucket, prefix: PREFIX, endpointUrl: testEnv().s3Endpoint, forcePathStyle: true, region: S3_TEST_REGION, credentials: S3RVER_CREDENTIALS, multipartThresholdBytes: threshold });
+      try {
+        const wire = recordWire(storage.client);
+        // Read into memory (<= 1 MiB), streamed, exactly at the threshold, and one byte over it.
+        const files = { 'small.txt': randomBytes(1000), 'mid.bin': randomBytes(3 * MiB), 'at.bin': randomBytes(threshold), 'big.bin': randomBytes(threshold + 1) };
+        const dir = await writeCheckpoint(path.join(work, 'ckpts'), 'step-1', files);
+        const info = checkpointInfo('step-1');
+        const { log } = collectingLogger();
+        const res = await new CheckpointUploader({ storage, log }).upload(dir, info);
+        const byPath = new Map(res.manifest.files.map((f) => [f.path, f]));
+        const sent = (p: string) => wire.filter((w) => w.key === `${PREFIX}/${byPath.get(p)!.key}`);
+        for (const p of ['small.txt', 'mid.bin', 'at.bin']) {
+          const f = byPath.get(p)!;
+          assert.equal(f.sha256, sha256(files[p as keyof typeof files]), p);
+          assert.deepEqual(sent(p), [{ command: 'PutObjectCommand', key: `${PREFIX}/${f.key}`, contentSha256: f.sha256, sha256Signed: true }], p);
+        }
+        assert.deepEqual(sent('big.bin').map((w) => w.command), ['CreateMultipartUploadCommand', 'UploadPartCommand', 'UploadPartCommand', 'CompleteMultipartUploadCommand']);
+        const down = path.join(work, 'down');
+        await downloadCheckpoint(storage, info.uuid, down);
+        assert.deepEqual(await treeDigests(down), await treeDigests(dir, { checkpoint: true }));
+      } finally {
+        storage.destroy();
+      }
+    });
+  });
 
   describe('interoperability with awscli', () => {
     let o: Opened;

@@ -18,10 +18,12 @@ import {
   type CheckpointStorage,
   type CheckpointStorageKind,
 } from '../../common/storage';
-import { PART_SIZE } from '../../common/storage/s3';
+import { DEFAULT_MULTIPART_THRESHOLD_BYTES, PART_SIZE } from '../../common/storage/s3';
 import { awsCli } from '../support/awscli';
 import { testEnv } from '../support/env';
 import { createTestBucket, deleteTestBucket, S3_TEST_REGION, S3RVER_CREDENTIALS, testS3Client } from '../support/s3';
+import { recordWire } from '../support/s3-wire';
+import { TcpProxy } from '../support/tcp-proxy';
 
 const PREFIX = 'team-a/exp-1';
 const LIST_PAGE = 7;
@@ -105,6 +107,19 @@ function bigStream(total: number): { stream: Readable; digest: string } {
     chunks.push(chunk);
   }
   return { stream: Readable.from(chunks), digest: hash.digest('hex') };
+}
+
+/** `body` as a stream of 1 MiB chunks. */
+function streamOf(body: Buffer): Readable {
+  const chunks: Buffer[] = [];
+  for (let off = 0; off < body.length; off += 1024 * 1024) chunks.push(body.subarray(off, off + 1024 * 1024));
+  return Readable.from(chunks);
+}
+
+/** s3rver keeps what arrived of a PUT cut short (S3 keeps nothing): at most that, never the declared size. */
+async function assertNotComplete(storage: S3Storage, key: string, declared: number): Promise<void> {
+  const info = await storage.head(key);
+  assert.ok(info === undefined || info.size < declared, `${key}: ${JSON.stringify(info)}`);
 }
 
 async function assertInvalidKey(p: Promise<unknown> | (() => unknown), key: string): Promise<void> {
@@ -402,6 +417,117 @@ describe('checkpoint storage', function () {
       } finally {
         dead.destroy();
       }
+    });
+
+    describe('single PUT below the multipart threshold', () => {
+      // Just over one part, so that the first size above it takes two parts.
+      const THRESHOLD = PART_SIZE + 1024 * 1024;
+      let small: S3Storage;
+      beforeEach(() => {
+        small = new S3Storage({ bucket, prefix: PREFIX, endpointUrl: testEnv().s3Endpoint, forcePathStyle: true, region: S3_TEST_REGION, credentials: S3RVER_CREDENTIALS, multipartThresholdBytes: THRESHOLD });
+      });
+      afterEach(() => small.destroy());
+
+      it('defaults to 256 MiB and refuses thresholds over 5 GiB', () => {
+        assert.equal(storage.multipartThresholdBytes, DEFAULT_MULTIPART_THRESHOLD_BYTES);
+        assert.equal(DEFAULT_MULTIPART_THRESHOLD_BYTES, 256 * 1024 * 1024);
+        assert.throws(() => new S3Storage({ bucket, multipartThresholdBytes: 5 * 1024 ** 3 + 1 }), /multipartThresholdBytes must be an integer from 0 to 5368709120/);
+      });
+
+      it('a stream up to the threshold goes as ONE PutObject signed with the given sha256; one byte more goes multipart', async () => {
+        const wire = recordWire(small.client);
+        const atBody = randomBytes(THRESHOLD);
+        const at = { stream: streamOf(atBody), digest: sha256(atBody) };
+        await small.put('c/at.bin', at.stream, { size: THRESHOLD, sha256: at.digest });
+        assert.deepEqual(wire, [{ command: 'PutObjectCommand', key: `${PREFIX}/c/at.bin`, contentSha256: at.digest, sha256Signed: true }]);
+        assert.equal(sha256(await readAll(await small.get('c/at.bin'))), at.digest);
+
+        wire.length = 0;
+        const overBody = randomBytes(THRESHOLD + 1);
+        const over = { stream: streamOf(overBody), digest: sha256(overBody) };
+        await small.put('c/over.bin', over.stream, { size: THRESHOLD + 1, sha256: over.digest });
+        assert.deepEqual(wire.map((w) => w.command), ['CreateMultipartUploadCommand', 'UploadPartCommand', 'UploadPartCommand', 'CompleteMultipartUploadCommand']);
+        // Each part is signed with its own hash, never the whole object's.
+        for (const part of wire.filter((w) => w.command === 'UploadPartCommand')) {
+          assert.match(part.contentSha256 ?? '', /^[0-9a-f]{64}$/);
+          assert.notEqual(part.contentSha256, over.digest);
+        }
+        assert.equal(sha256(await readAll(await small.get('c/over.bin'))), over.digest);
+      });
+
+      it('sends the given sha256 as is, without hashing the body (s3rver does not check it; S3 would refuse the object)', async () => {
+        const wire = recordWire(small.client);
+        const body = randomBytes(100_000);
+        const claimed = sha256(Buffer.from('something else'));
+        await small.put('c/claimed.bin', body, { sha256: claimed });
+        assert.deepEqual(wire.map((w) => [w.command, w.contentSha256]), [['PutObjectCommand', claimed]]);
+        // Without one, the SDK hashes a Buffer itself; a stream of unknown hash goes through lib-storage.
+        wire.length = 0;
+        await small.put('c/plain.bin', body);
+        assert.deepEqual(wire.map((w) => [w.command, w.contentSha256]), [['PutObjectCommand', sha256(body)]]);
+        assert.deepEqual(await readAll(await small.get('c/plain.bin')), body);
+      });
+
+      it('refuses a malformed sha256 or a size that contradicts the buffer, sending nothing', async () => {
+        const wire = recordWire(small.client);
+        await assert.rejects(small.put('c/x', Buffer.from('x'), { sha256: 'ABC' }), (err: unknown) => err instanceof DetError && err.code === 'DET_ERR_INVALID_ARGUMENT' && /sha256 must be 64 lowercase hex digits, got "ABC"/.test(err.message));
+        await assert.rejects(small.put('c/x', Buffer.from('x'), { size: 2 }), /size 2 given for a 1-byte buffer/);
+        assert.deepEqual(wire, []);
+      });
+
+      it('a stream that ends short of its declared size, or fails, fails the PUT at once (no wait for the missing bytes), never completing it', async () => {
+        const short = bigStream(2 * 1024 * 1024);
+        await assert.rejects(
+          small.put('c/short.bin', short.stream, { size: 3 * 1024 * 1024, sha256: short.digest }),
+          (err: unknown) => err instanceof DetError && /cannot upload s3:\/\/.*\/c\/short\.bin: .*the source ended after 2097152 of the 3145728 bytes declared/.test(err.message),
+        );
+        const long = bigStream(2 * 1024 * 1024);
+        await assert.rejects(small.put('c/long.bin', long.stream, { size: 1024 * 1024, sha256: long.digest }), /the source delivered more than the 1048576 bytes declared/);
+        let sentChunks = 0;
+        const failing = new Readable({
+          read() {
+            if (sentChunks++ === 0) this.push(randomBytes(64 * 1024));
+            else this.destroy(new Error('EIO: the disk failed'));
+          },
+        });
+        await assert.rejects(small.put('c/failing.bin', failing, { size: 1024 * 1024, sha256: sha256(Buffer.alloc(1)) }), /cannot upload s3:\/\/.*\/c\/failing\.bin: .*EIO: the disk failed/);
+        await assertNotComplete(small, 'c/short.bin', 3 * 1024 * 1024);
+        await assertNotComplete(small, 'c/long.bin', 1024 * 1024 + 1);
+        const closing = new Readable({
+          read() {
+            this.push(randomBytes(64 * 1024));
+            this.destroy(); // closed without an error, before its end
+          },
+        });
+        await assert.rejects(small.put('c/closing.bin', closing, { size: 1024 * 1024, sha256: sha256(Buffer.alloc(1)) }), /cannot upload s3:\/\/.*\/c\/closing\.bin: .*Premature close/);
+        await assertNotComplete(small, 'c/failing.bin', 1024 * 1024);
+        await assertNotComplete(small, 'c/closing.bin', 1024 * 1024);
+      });
+
+      it('a streamed PUT whose connection is reset is not retried by the SDK (the stream is spent); a Buffer is, and the object is complete', async () => {
+        const proxy = await TcpProxy.start(Number(new URL(testEnv().s3Endpoint).port));
+        const via = new S3Storage({ bucket, prefix: PREFIX, endpointUrl: proxy.url, forcePathStyle: true, region: S3_TEST_REGION, credentials: S3RVER_CREDENTIALS, maxAttempts: 3 });
+        try {
+          const wire = recordWire(via.client);
+          const { stream, digest } = bigStream(4 * 1024 * 1024);
+          await proxy.inject({ kind: 'reset', afterBytes: 512 * 1024 }, 1);
+          await assert.rejects(via.put('c/streamed.bin', stream, { size: 4 * 1024 * 1024, sha256: digest }), /cannot reach S3 at .* \((ECONNRESET|EPIPE)\)/);
+          assert.equal(proxy.stats.resets, 1);
+          assert.deepEqual(wire.map((w) => w.command), ['PutObjectCommand'], 'one attempt only');
+          await assertNotComplete(storage, 'c/streamed.bin', 4 * 1024 * 1024);
+
+          wire.length = 0;
+          const body = randomBytes(4 * 1024 * 1024);
+          await proxy.inject({ kind: 'reset', afterBytes: 512 * 1024 }, 1);
+          await via.put('c/buffer.bin', body, { sha256: sha256(body) });
+          assert.equal(proxy.stats.resets, 2);
+          assert.deepEqual(wire.map((w) => w.command), ['PutObjectCommand', 'PutObjectCommand'], 'retried by the SDK');
+          assert.equal(sha256(await readAll(await storage.get('c/buffer.bin'))), sha256(body));
+        } finally {
+          via.destroy();
+          await proxy.close();
+        }
+      });
     });
 
     describe('interoperability with awscli', () => {
