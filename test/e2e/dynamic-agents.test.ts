@@ -30,21 +30,17 @@ describe('e2e: dynamic agents', function () {
     ec2 = undefined;
   });
   const status = async () => JSON.parse((await det(['-m', master!.address, '--json', 'provisioner', 'status'])).stdout)[0];
+  /** master.yaml with one local-provider pool 'default' on the test dockerd; `keys` go into its provider block. */
+  const localPoolConfig = (keys: Record<string, string | number>) =>
+    writeFile(
+      'master.yaml',
+      ['resource_pools:', '  - pool_name: default', '    provider:', '      type: local', '      max_agent_starting_period: 60s', `      docker_socket: ${env.dockerSocket}`]
+        .concat(Object.entries(keys).map(([k, v]) => `      ${k}: ${v}`))
+        .join('\n') + '\n',
+    );
 
   it('local provider: zero agents, submit, agents launched, trials complete, idle agents terminated', async () => {
-    const config = writeFile(
-      'master.yaml',
-      `resource_pools:
-  - pool_name: default
-    provider:
-      type: local
-      slots_per_instance: 1
-      max_instances: 2
-      max_idle_agent_period: 2s
-      max_agent_starting_period: 60s
-      docker_socket: ${env.dockerSocket}
-`,
-    );
+    const config = localPoolConfig({ slots_per_instance: 1, max_instances: 2, max_idle_agent_period: '2s' });
     master = await startMaster(['--config-file', config]);
     const m = ['-m', master.address];
     assert.deepEqual(JSON.parse((await det([...m, '--json', 'agent', 'list'])).stdout), []);
@@ -77,20 +73,7 @@ describe('e2e: dynamic agents', function () {
   });
 
   it('local provider with consolidation: a checkpointing trial moves off a half-used instance, resumes from its checkpoint, and the emptied instance is terminated', async () => {
-    const config = writeFile(
-      'master.yaml',
-      `resource_pools:
-  - pool_name: default
-    provider:
-      type: local
-      slots_per_instance: 2
-      max_instances: 3
-      max_idle_agent_period: 120s
-      max_agent_starting_period: 60s
-      docker_socket: ${env.dockerSocket}
-      consolidation: {enabled: true, max_checkpoint_age: 30s}
-`,
-    );
+    const config = localPoolConfig({ slots_per_instance: 2, max_instances: 3, max_idle_agent_period: '120s', consolidation: '{enabled: true, max_checkpoint_age: 30s}' });
     master = await startMaster(['--config-file', config]);
     const m = ['-m', master.address];
     const create = async (name: string, slots: number, script: string) => {
