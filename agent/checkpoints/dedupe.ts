@@ -18,22 +18,47 @@ export interface UploadPlan {
   skippedBytes: number;
 }
 
+/**
+ * Decides file by file, as hashes become known, whether a file's content must be uploaded. The
+ * decisions equal planUpload's when every file is decided after all files before it in manifest
+ * order that have the same size (only those can have the same content): the uploader's pipeline
+ * keeps that order per size and hashes the rest in any order.
+ */
+export class UploadPlanner {
+  private readonly stored: StoredContent;
+  private readonly planned = new Map<string, string>();
+
+  constructor(stored: StoredContent) {
+    this.stored = stored;
+  }
+
+  /** The key already holding (or about to hold) content `sha256`, if any. */
+  holder(sha256: string): string | undefined {
+    return this.stored.get(sha256) ?? this.planned.get(sha256);
+  }
+
+  /** `f` with its key pointed at the object holding its content; `upload` when that is `f`'s own, new object. */
+  decide(f: ManifestFile): { file: ManifestFile; upload: boolean } {
+    const existing = this.holder(f.sha256);
+    if (existing !== undefined) return { file: { ...f, key: existing }, upload: false };
+    this.planned.set(f.sha256, f.key);
+    return { file: f, upload: true };
+  }
+}
+
 /** Which files of `manifest` must be uploaded, given the content already stored. Pure. */
 export function planUpload(manifest: Pick<Manifest, 'files'>, stored: StoredContent): UploadPlan {
   const plan: UploadPlan = { files: [], upload: [], skip: [], uploadBytes: 0, skippedBytes: 0 };
-  const planned = new Map<string, string>();
+  const planner = new UploadPlanner(stored);
   for (const f of manifest.files) {
-    const existing = stored.get(f.sha256) ?? planned.get(f.sha256);
-    if (existing !== undefined) {
-      const repointed = { ...f, key: existing };
-      plan.files.push(repointed);
-      plan.skip.push(repointed);
-      plan.skippedBytes += f.size;
-    } else {
-      planned.set(f.sha256, f.key);
-      plan.files.push(f);
-      plan.upload.push(f);
+    const { file, upload } = planner.decide(f);
+    plan.files.push(file);
+    if (upload) {
+      plan.upload.push(file);
       plan.uploadBytes += f.size;
+    } else {
+      plan.skip.push(file);
+      plan.skippedBytes += f.size;
     }
   }
   return plan;

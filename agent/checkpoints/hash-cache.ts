@@ -51,6 +51,14 @@ export class HashCache {
     return sha;
   }
 
+  /** Like get, counted in stats as a hit or a miss (for callers that hash a miss themselves). */
+  lookup(id: FileIdentity): string | undefined {
+    const sha = this.get(id);
+    if (sha === undefined) this.missCount++;
+    else this.hitCount++;
+    return sha;
+  }
+
   /** Remembers the sha256 of a file with this identity, evicting the least recently used beyond the bound. */
   set(id: FileIdentity, sha256: string): void {
     const k = keyOf(id);

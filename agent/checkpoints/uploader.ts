@@ -1,29 +1,37 @@
 // Uploads completed checkpoints (see contract.ts) to the experiment's checkpoint storage, in the
-// layout of common/checkpoints/layout.ts: files first, in parallel, each retried with backoff,
-// then the manifest LAST. A checkpoint whose upload fails leaves no manifest, and what the
+// layout of common/checkpoints/layout.ts: files first, in parallel, each uploaded as soon as its
+// hash is known (upload-pipeline.ts) and retried with backoff, then the manifest LAST. A checkpoint whose upload fails leaves no manifest, and what the
 // attempt uploaded is deleted again (best effort). One uploader serves one trial allocation: it
 // remembers the content of the trial's stored checkpoints and uploads each content once
 // (dedupe.ts), and its HashCache spares re-hashing unchanged files.
-import { createHash } from 'node:crypto';
 import { constants as fsConstants, type BigIntStats } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import type { BackoffOptions } from '../../common/backoff';
-import { checkpointPrefix, manifestKey as manifestKeyOf } from '../../common/checkpoints/layout';
-import { buildManifest, hashFile, READ_CHUNK_BYTES, type CheckpointInfo, type HashFn, type Manifest, type ManifestFile } from '../../common/checkpoints/manifest';
+import { checkpointPrefix, fileKey, manifestKey as manifestKeyOf } from '../../common/checkpoints/layout';
+import {
+  assembleManifest,
+  hashFile,
+  listCheckpoint,
+  READ_CHUNK_BYTES,
+  type CheckpointEntry,
+  type CheckpointInfo,
+  type CheckpointListing,
+  type Manifest,
+  type ManifestFile,
+} from '../../common/checkpoints/manifest';
 import { DEFAULT_STORAGE_ATTEMPTS, formatBytes, mapBounded, STORAGE_RETRY_BACKOFF, transferSignal, withRetries } from '../../common/checkpoints/transfer';
 import { DetError, errorMessage } from '../../common/errors';
 import type { Logger } from '../../common/log';
 import type { CheckpointStorage } from '../../common/storage';
-import { planUpload } from './dedupe';
+import { planUpload, UploadPlanner, type UploadPlan } from './dedupe';
 import type { HashCache } from './hash-cache';
+import { fileChanged, isInside, readSmallFile, SizeOrder, SMALL_FILE_BYTES, type SmallFile } from './upload-pipeline';
 
 /** Default number of files uploaded at once. */
 export const DEFAULT_FILE_CONCURRENCY = 16;
 /** Longest time the removal of a failed upload's objects may take. */
 const CLEANUP_TIMEOUT_MS = 60_000;
-/** Files up to this size are read into memory in one go and sent as one buffer. */
-const SMALL_FILE_BYTES = 1024 * 1024;
 
 /** Options of a CheckpointUploader. */
 export interface UploaderOptions {
@@ -84,39 +92,39 @@ export class CheckpointUploader {
     }
   }
 
+  // Files go through one bounded pipeline (fileConcurrency files at once, so at most that many
+  // small-file buffers): each is hashed (a small one read once, its buffer kept to be sent),
+  // decided (dedupe, in SizeOrder) and uploaded at once, while other files are still being hashed.
   private async uploadOnce(dir: string, info: CheckpointInfo, signal: AbortSignal): Promise<UploadedCheckpoint> {
     const { storage, log } = this.opts;
     const started = performance.now();
     const what = `checkpoint ${info.name} (${info.uuid})`;
     const mKey = manifestKeyOf(info.uuid);
-    // Identity of every large file when it was hashed, by real path: putFile checks it instead of
-    // hashing the file again while it streams.
-    const hashedAs = new Map<string, string>();
-    const hashOnce = this.opts.hashCache?.hash ?? hashFile;
-    const hash: HashFn = async (file) => {
-      const before = await fs.stat(file, { bigint: true });
-      if (before.size <= SMALL_FILE_BYTES) return hashOnce(file);
-      const got = await hashOnce(file);
-      const after = await fs.stat(file, { bigint: true });
-      if (identityOf(after) === identityOf(before)) hashedAs.set(file, identityOf(after));
-      return got;
-    };
-    let built: Manifest;
+    let listing: CheckpointListing;
     try {
-      built = await buildManifest(dir, info, { hash });
+      listing = await listCheckpoint(dir, info);
     } catch (err) {
       const message = `cannot upload ${what}: ${errorMessage(err)}`;
       this.progress(message);
       throw new DetError(err instanceof DetError ? err.code : 'DET_ERR_INTERNAL', message);
     }
-    const plan = planUpload(built, this.stored);
-    const manifest: Manifest = { ...built, files: plan.files };
-    this.progress(
-      `${what}: uploading ${plan.upload.length} file(s), ${formatBytes(plan.uploadBytes)}` +
-        (plan.skip.length ? `; ${plan.skip.length} file(s), ${formatBytes(plan.skippedBytes)}, already stored` : '') +
-        ` to ${storage.location(checkpointPrefix(info.uuid).slice(0, -1))}`,
-    );
+    const { root, entries } = listing;
+    const stored = new Map(this.stored); // what this attempt decides against, start to end
+    const planner = new UploadPlanner(stored);
+    const order = new SizeOrder(entries.map((e) => e.stat.size));
+    const files = new Array<ManifestFile>(entries.length);
+    const uploaded: string[] = [];
     const attempted: string[] = [];
+    let plan: UploadPlan | undefined;
+    let decided = 0;
+    const announce = () => {
+      plan = planUpload({ files }, stored);
+      this.progress(
+        `${what}: uploading ${plan.upload.length} file(s), ${formatBytes(plan.uploadBytes)}` +
+          (plan.skip.length ? `; ${plan.skip.length} file(s), ${formatBytes(plan.skippedBytes)}, already stored` : '') +
+          ` to ${storage.location(checkpointPrefix(info.uuid).slice(0, -1))}`,
+      );
+    };
     const retry = (object: string) => ({
       signal,
       maxAttempts: this.opts.maxAttempts ?? DEFAULT_STORAGE_ATTEMPTS,
@@ -126,12 +134,56 @@ export class CheckpointUploader {
         this.progress(`checkpoint ${info.name}: retrying ${object} in ${delayMs} ms after attempt ${attempt} failed: ${errorMessage(err)}`);
       },
     });
+    // Records file i as hashed and decides whether its content goes up now.
+    const decide = (i: number, f: ManifestFile): boolean => {
+      files[i] = f;
+      const { upload } = planner.decide(f);
+      order.done(i);
+      if (++decided === entries.length) announce();
+      return upload;
+    };
+    const transfer = async (e: CheckpointEntry, i: number): Promise<void> => {
+      signal.throwIfAborted();
+      const key = fileKey(info.uuid, e.rel);
+      const size = Number(e.stat.size);
+      if (size <= SMALL_FILE_BYTES) {
+        const cache = this.opts.hashCache;
+        const cached = cache?.lookup(e.stat);
+        let read = cached === undefined ? await this.readOnce(root, e) : undefined;
+        await order.turn(i);
+        // Content known from the cache and already stored (or planned) is not read at all.
+        if (read === undefined && (cached === undefined || planner.holder(cached) === undefined)) read = await this.readOnce(root, e);
+        const sha256 = read?.sha256 ?? (cached as string);
+        if (!decide(i, { path: e.rel, size, sha256, key }) || read === undefined) return;
+        const body = read.body;
+        attempted.push(key);
+        await withRetries(() => storage.put(key, body, { size, sha256 }, signal), retry(e.rel));
+      } else {
+        const hashed = await this.hashLarge(e);
+        if (hashed.size !== size) throw fileChanged(e.rel, `it has ${hashed.size} bytes now, ${size} when it was listed`);
+        await order.turn(i);
+        const f: ManifestFile = { path: e.rel, size, sha256: hashed.sha256, key };
+        if (!decide(i, f)) return;
+        attempted.push(key);
+        await withRetries(() => this.putLarge(root, f, hashed.identity, signal), retry(e.rel));
+      }
+      uploaded.push(key);
+    };
+    let manifest: Manifest;
     try {
-      const root = await fs.realpath(dir);
-      await mapBounded(plan.upload, Math.max(1, this.opts.fileConcurrency ?? DEFAULT_FILE_CONCURRENCY), async (f) => {
-        attempted.push(f.key);
-        await withRetries(() => this.putFile(root, f, hashedAs, signal), retry(f.path));
+      if (entries.length === 0) announce();
+      await mapBounded(entries, Math.max(1, this.opts.fileConcurrency ?? DEFAULT_FILE_CONCURRENCY), async (e, i) => {
+        try {
+          await transfer(e, i);
+        } finally {
+          order.done(i); // a failed file must not leave the next of its size waiting
+        }
       });
+      if (!plan) throw new DetError('DET_ERR_INTERNAL', 'not every file was hashed');
+      // What went up must be exactly what planUpload says: the manifest points only at it.
+      const missing = symmetricDifference(plan.upload.map((f) => f.key), uploaded);
+      if (missing.length) throw new DetError('DET_ERR_INTERNAL', `the uploaded objects differ from the upload plan (${missing.slice(0, 3).join(', ')})`);
+      manifest = { ...assembleManifest(info, files, listing.metadata), files: plan.files };
       // LAST: only now does the checkpoint exist.
       const body = Buffer.from(JSON.stringify(manifest) + '\n');
       attempted.push(mKey);
@@ -159,30 +211,39 @@ export class CheckpointUploader {
     return result;
   }
 
-  // One attempt at uploading `f`. The file is opened without following a final symlink after its
-  // real path was checked to be inside the checkpoint, and what is sent must be what was hashed,
-  // even if the trial broke the contract and changed the file. On S3 a single PUT is signed with
-  // the manifest's sha256 and S3 refuses other content, but S3-compatible servers may not check
-  // (s3rver does not), so: small files are hashed again in memory before they are sent (about
-  // 1 CPU-s per GB); for large ones the identity (device, inode, size, mtime and ctime, which no
-  // one can set back) must be the one they had when hashed, before and after.
-  private async putFile(root: string, f: ManifestFile, hashedAs: ReadonlyMap<string, string>, signal?: AbortSignal): Promise<void> {
+  // A small file, read once; the hash cache learns its sha256.
+  private async readOnce(root: string, e: CheckpointEntry): Promise<SmallFile> {
+    const read = await readSmallFile(root, e);
+    this.opts.hashCache?.set(read.stat, read.sha256);
+    return read;
+  }
+
+  // Size and sha256 of a large file, streamed (through the hash cache), and its identity when it
+  // did not change while it was hashed: putLarge checks it instead of hashing the file again.
+  private async hashLarge(e: CheckpointEntry): Promise<{ size: number; sha256: string; identity?: string }> {
+    const before = await fs.stat(e.abs, { bigint: true });
+    const got = await (this.opts.hashCache?.hash ?? hashFile)(e.abs);
+    const after = await fs.stat(e.abs, { bigint: true });
+    return identityOf(after) === identityOf(before) ? { ...got, identity: identityOf(after) } : got;
+  }
+
+  // One attempt at uploading the large file `f`, streamed. It is opened without following a
+  // final symlink after its real path was checked to be inside the checkpoint, and what is sent
+  // must be what was hashed, even if the trial broke the contract and changed the file. On S3 a
+  // single PUT is signed with the manifest's sha256 and S3 refuses other content, but
+  // S3-compatible servers may not check (s3rver does not), so the identity (device, inode, size,
+  // mtime and ctime, which no one can set back) must be the one the file had when hashed, before
+  // and after.
+  private async putLarge(root: string, f: ManifestFile, expected: string | undefined, signal?: AbortSignal): Promise<void> {
     const real = await fs.realpath(path.join(root, ...f.path.split('/')));
-    if (!isInside(root, real)) throw changed(f, `it now resolves outside the checkpoint (to ${real})`);
+    if (!isInside(root, real)) throw fileChanged(f.path, `it now resolves outside the checkpoint (to ${real})`);
     const fh = await fs.open(real, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
     try {
       const st = await fh.stat({ bigint: true });
-      if (!st.isFile()) throw changed(f, 'it is no longer a regular file');
-      if (st.size !== BigInt(f.size)) throw changed(f, `it has ${st.size} bytes now, ${f.size} when it was hashed`);
-      if (f.size <= SMALL_FILE_BYTES) {
-        const body = await fh.readFile();
-        if (body.length !== f.size || sha256Of(body) !== f.sha256) throw changed(f, 'its content differs from when it was hashed');
-        await this.opts.storage.put(f.key, body, { size: f.size, sha256: f.sha256 }, signal);
-        return;
-      }
-      const expected = hashedAs.get(real);
-      if (expected === undefined) throw changed(f, 'it was modified while it was hashed');
-      if (identityOf(st) !== expected) throw changed(f, 'it was modified after it was hashed');
+      if (!st.isFile()) throw fileChanged(f.path, 'it is no longer a regular file');
+      if (st.size !== BigInt(f.size)) throw fileChanged(f.path, `it has ${st.size} bytes now, ${f.size} when it was hashed`);
+      if (expected === undefined) throw fileChanged(f.path, 'it was modified while it was hashed');
+      if (identityOf(st) !== expected) throw fileChanged(f.path, 'it was modified after it was hashed');
       // Destroying the stream would close `fh` too: only on failure (the handle is closed below anyway).
       const source = fh.createReadStream({ autoClose: false, start: 0, highWaterMark: READ_CHUNK_BYTES });
       try {
@@ -192,7 +253,7 @@ export class CheckpointUploader {
         throw err;
       }
       // On a change the upload fails and its cleanup removes the object.
-      if (identityOf(await fh.stat({ bigint: true })) !== expected) throw changed(f, 'it was modified while it was uploaded');
+      if (identityOf(await fh.stat({ bigint: true })) !== expected) throw fileChanged(f.path, 'it was modified while it was uploaded');
     } finally {
       await fh.close();
     }
@@ -226,25 +287,16 @@ export class CheckpointUploader {
   }
 }
 
-function changed(f: ManifestFile, why: string): DetError {
-  return new DetError(
-    'DET_ERR_INVALID_ARGUMENT',
-    `checkpoint file ${JSON.stringify(f.path)} changed during the upload (${why}): a trial must not modify a checkpoint after writing its .det-complete marker`,
-  );
+/** Keys in exactly one of `a` and `b`. */
+function symmetricDifference(a: readonly string[], b: readonly string[]): string[] {
+  const sa = new Set(a);
+  const sb = new Set(b);
+  return [...a.filter((k) => !sb.has(k)), ...b.filter((k) => !sa.has(k))];
 }
 
 /** What identifies a file's content: any write changes mtime and ctime, and ctime cannot be set back. */
 function identityOf(st: BigIntStats): string {
   return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
-}
-
-function sha256Of(b: Buffer): string {
-  return createHash('sha256').update(b).digest('hex');
-}
-
-function isInside(root: string, p: string): boolean {
-  const rel = path.relative(root, p);
-  return rel !== '' && !rel.startsWith('..' + path.sep) && rel !== '..' && !path.isAbsolute(rel);
 }
 
 function mbPerSecond(bytes: number, seconds: number): string {

@@ -2,7 +2,7 @@
 // its content, plus who wrote it and the user's metadata. It is uploaded LAST; a checkpoint
 // without a manifest does not exist. Where things are stored: layout.ts.
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, type BigIntStats } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { z } from 'zod';
@@ -86,18 +86,33 @@ export interface BuildManifestOptions {
   hash?: HashFn;
 }
 
+/** One file of a checkpoint directory: its manifest path, the real path to read and its stat when listed. */
+export interface CheckpointEntry {
+  rel: string;
+  /** Inside the checkpoint's real path (a symlink's entry is its target). */
+  abs: string;
+  stat: BigIntStats;
+}
+
+/** A completed checkpoint directory, listed but not yet hashed. */
+export interface CheckpointListing {
+  /** Real path of the checkpoint directory. */
+  root: string;
+  metadata: Record<string, unknown>;
+  /** Sorted by path (code-unit order). */
+  entries: CheckpointEntry[];
+}
+
 /**
- * Builds the manifest of the completed checkpoint in `dir`. Reserved files at its top are left
- * out; unsafe entries (escaping or directory symlinks, special files) throw DET_ERR_INVALID_ARGUMENT
- * naming the file. Every key is this checkpoint's own `<uuid>/<path>`; the uploader repoints
- * the keys of content that is already stored.
+ * Lists the completed checkpoint in `dir` for a manifest: reserved files at its top are left out;
+ * unsafe entries (escaping or directory symlinks, special files), an invalid name or uuid and
+ * invalid metadata throw DET_ERR_INVALID_ARGUMENT naming the problem.
  */
-export async function buildManifest(dir: string, info: CheckpointInfo, opts: BuildManifestOptions = {}): Promise<Manifest> {
+export async function listCheckpoint(dir: string, info: CheckpointInfo): Promise<CheckpointListing> {
   const nameProblem = checkpointNameProblem(info.name);
   if (nameProblem) throw invalid(`invalid checkpoint name ${JSON.stringify(info.name)}: ${nameProblem}`);
   const uuidProblem = checkpointUuidProblem(info.uuid);
   if (uuidProblem) throw invalid(`invalid checkpoint uuid ${JSON.stringify(info.uuid)}: ${uuidProblem}`);
-  const hash = opts.hash ?? hashFile;
   let root: string;
   try {
     root = await fs.realpath(dir);
@@ -105,18 +120,34 @@ export async function buildManifest(dir: string, info: CheckpointInfo, opts: Bui
     throw invalid(`cannot read checkpoint directory ${dir}: ${errorMessage(err)}`);
   }
   const metadata = await readMetadata(dir);
-  const entries: { rel: string; abs: string }[] = [];
+  const entries: CheckpointEntry[] = [];
   await walk(root, root, '', entries);
   entries.sort((a, b) => compare(a.rel, b.rel));
-  const files = await mapBounded(entries, Math.max(1, opts.concurrency ?? DEFAULT_HASH_CONCURRENCY), async (e) => {
-    const { size, sha256 } = await hash(e.abs);
-    return { path: e.rel, size, sha256, key: fileKey(info.uuid, e.rel) };
-  });
+  return { root, metadata, entries };
+}
+
+/** The manifest of checkpoint `info` with `files` (sorted by path, keys set) and `metadata`. */
+export function assembleManifest(info: CheckpointInfo, files: ManifestFile[], metadata: Record<string, unknown>): Manifest {
   const totalSize = files.reduce((sum, f) => sum + f.size, 0);
   return { version: MANIFEST_VERSION, ...pickInfo(info), files, totalSize, metadata };
 }
 
-async function walk(root: string, absDir: string, relDir: string, out: { rel: string; abs: string }[]): Promise<void> {
+/**
+ * Builds the manifest of the completed checkpoint in `dir` (see listCheckpoint). Every key is
+ * this checkpoint's own `<uuid>/<path>`; the uploader repoints the keys of content that is
+ * already stored.
+ */
+export async function buildManifest(dir: string, info: CheckpointInfo, opts: BuildManifestOptions = {}): Promise<Manifest> {
+  const hash = opts.hash ?? hashFile;
+  const { metadata, entries } = await listCheckpoint(dir, info);
+  const files = await mapBounded(entries, Math.max(1, opts.concurrency ?? DEFAULT_HASH_CONCURRENCY), async (e) => {
+    const { size, sha256 } = await hash(e.abs);
+    return { path: e.rel, size, sha256, key: fileKey(info.uuid, e.rel) };
+  });
+  return assembleManifest(info, files, metadata);
+}
+
+async function walk(root: string, absDir: string, relDir: string, out: CheckpointEntry[]): Promise<void> {
   const dirents = await fs.readdir(absDir, { withFileTypes: true });
   for (const d of dirents) {
     if (relDir === '' && isReservedName(d.name)) continue;
@@ -124,11 +155,11 @@ async function walk(root: string, absDir: string, relDir: string, out: { rel: st
     const abs = path.join(absDir, d.name);
     const problem = manifestPathProblem(rel);
     if (problem) throw invalid(`checkpoint file ${JSON.stringify(rel)} cannot be stored: ${problem}`);
-    const st = await fs.lstat(abs);
+    const st = await fs.lstat(abs, { bigint: true });
     if (st.isDirectory()) {
       await walk(root, abs, rel, out);
     } else if (st.isFile()) {
-      out.push({ rel, abs });
+      out.push({ rel, abs, stat: st });
     } else if (st.isSymbolicLink()) {
       let target: string;
       try {
@@ -139,11 +170,11 @@ async function walk(root: string, absDir: string, relDir: string, out: { rel: st
       if (!isInside(root, target)) {
         throw invalid(`checkpoint file ${JSON.stringify(rel)} is a symlink that points outside the checkpoint (to ${target}): copy the file into the checkpoint instead`);
       }
-      const tst = await fs.stat(target);
+      const tst = await fs.stat(target, { bigint: true });
       if (!tst.isFile()) {
         throw invalid(`checkpoint file ${JSON.stringify(rel)} is a symlink to a ${kind(tst)}: only symlinks to regular files inside the checkpoint are allowed`);
       }
-      out.push({ rel, abs: target }); // stored as a copy of the target's content
+      out.push({ rel, abs: target, stat: tst }); // stored as a copy of the target's content
     } else {
       throw invalid(`checkpoint file ${JSON.stringify(rel)} is a ${kind(st)}: only regular files and directories can be stored`);
     }
@@ -184,6 +215,11 @@ export async function hashFile(file: string): Promise<{ size: number; sha256: st
     size += (chunk as Buffer).length;
   }
   return { size, sha256: hash.digest('hex') };
+}
+
+/** Hex sha256 of `data`. */
+export function sha256Hex(data: Buffer): string {
+  return createHash('sha256').update(data).digest('hex');
 }
 
 /** Checks a downloaded file against its manifest entry; throws DET_ERR_INVALID_ARGUMENT on mismatch. */

@@ -142,6 +142,14 @@ function sha256(b: Buffer | string): string {
   return createHash('sha256').update(b).digest('hex');
 }
 
+/** Bytes this process has passed to read() so far (Linux /proc/self/io rchar; page-cache hits count too). */
+async function readCharsOfThisProcess(): Promise<number> {
+  const io = await fs.readFile('/proc/self/io', 'utf8');
+  const m = /^rchar: (\d+)$/m.exec(io);
+  if (!m) throw new Error(`no rchar in /proc/self/io: ${io}`);
+  return Number(m[1]);
+}
+
 async function readAll(stream: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const c of stream) chunks.push(Buffer.from(c));
@@ -302,24 +310,83 @@ function uploadSuite(backend: Backend): void {
       assert.deepEqual(await o.rawKeys(checkpointPrefix(info.uuid)), []);
     });
 
-    it('a file changed after hashing fails the upload, small or streamed, and nothing stays stored', async () => {
+    it('a large file changed after hashing fails the upload, before or while it streams, and nothing stays stored', async () => {
       const cases = [
-        { name: 'small', size: 1000, when: 'a.txt', want: /"b.bin" changed during the upload \(its content differs from when it was hashed\)/, sent: false },
-        { name: 'large', size: 3 * MiB, when: 'a.txt', want: /"b.bin" changed during the upload \(it was modified after it was hashed\)/, sent: false },
-        { name: 'large-during', size: 3 * MiB, when: 'b.bin', want: /"b.bin" changed during the upload \(it was modified while it was uploaded\)/, sent: true },
+        // Rewritten when its first put starts, which then fails (transiently): the retry finds it changed before sending.
+        { name: 'large', size: 3 * MiB, fail: true, want: /"b.bin" changed during the upload \(it was modified after it was hashed\)/, puts: 1 },
+        { name: 'large-during', size: 3 * MiB, fail: false, want: /"b.bin" changed during the upload \(it was modified while it was uploaded\)/, puts: 1 },
       ];
       for (const tc of cases) {
         const dir = await writeCheckpoint(ckpts, `change-${tc.name}`, { 'a.txt': 'first', 'b.bin': randomBytes(tc.size) });
         const info = checkpointInfo(`change-${tc.name}`);
         const hooked = new HookedStorage(o.storage);
+        let changed = false;
         hooked.beforePut = async (key) => {
+          if (key !== `${info.uuid}/b.bin` || changed) return;
+          changed = true;
           // Same size, other bytes: only the content and the file's times change.
-          if (key === `${info.uuid}/${tc.when}`) await fs.writeFile(path.join(dir, 'b.bin'), randomBytes(tc.size));
+          await fs.writeFile(path.join(dir, 'b.bin'), randomBytes(tc.size));
+          if (tc.fail) throw new DetError('DET_ERR_INTERNAL', `cannot upload ${key}: InternalError (HTTP 500): injected`);
         };
         await rejectsWith(uploader({ storage: hooked, fileConcurrency: 1 }).up.upload(dir, info), 'DET_ERR_INVALID_ARGUMENT', tc.want);
-        assert.equal(hooked.events.includes(`put-start ${info.uuid}/b.bin`), tc.sent, tc.name);
+        assert.equal(hooked.events.filter((e) => e === `put-start ${info.uuid}/b.bin`).length, tc.puts, tc.name);
         assert.deepEqual(await o.rawKeys(checkpointPrefix(info.uuid)), [], tc.name);
       }
+    });
+
+    it('a small file changed after it was read is stored as read: the manifest names exactly the stored bytes', async () => {
+      const original = randomBytes(1000);
+      const dir = await writeCheckpoint(ckpts, 'change-small', { 'a.txt': 'first', 'b.bin': original });
+      const info = checkpointInfo('change-small');
+      const hooked = new HookedStorage(o.storage);
+      hooked.beforePut = async (key) => {
+        // b.bin was read and hashed once; its put starts; the trial rewrites it (same size, other bytes).
+        if (key === `${info.uuid}/b.bin`) await fs.writeFile(path.join(dir, 'b.bin'), randomBytes(original.length));
+      };
+      const res = await uploader({ storage: hooked, fileConcurrency: 1 }).up.upload(dir, info);
+      const entry = res.manifest.files.find((f) => f.path === 'b.bin');
+      const stored = await readAll(await o.storage.get(`${info.uuid}/b.bin`));
+      assert.equal(entry?.sha256, sha256(stored), 'the manifest names other bytes than the stored ones');
+      assert.ok(stored.equals(original), 'what was stored is what was read before the change');
+      // And a download verifies against the manifest.
+      await downloadCheckpoint(o.storage, info.uuid, path.join(work, 'change-small-down'));
+    });
+
+    it('reads each small file once: hashing and sending use one read, with and without a hash cache', async () => {
+      const total = 120 * 64 * 1024;
+      for (const hashCache of [undefined, new HashCache()]) {
+        const dir = await writeCheckpoint(ckpts, `once-${hashCache ? 'cache' : 'plain'}`, randomFiles(120, 64 * 1024, 64 * 1024));
+        const before = readCharsOfThisProcess();
+        const res = await uploader({ hashCache, fileConcurrency: 16 }).up.upload(dir, checkpointInfo('once'));
+        const read = (await readCharsOfThisProcess()) - (await before);
+        assert.equal(res.uploadedBytes, total);
+        // Reading every file twice (hash, then send) would be >= 2x; HTTP responses and the rest add little.
+        assert.ok(read >= total && read < 1.5 * total, `read ${read} bytes for ${total} bytes of files (${hashCache ? 'with' : 'without'} a hash cache)`);
+      }
+    });
+
+    it('same content in one checkpoint is uploaded once, to the first path in manifest order, while files upload in parallel', async () => {
+      const contents = [randomBytes(3000), randomBytes(3000), randomBytes(5000), Buffer.alloc(0)];
+      const files: Record<string, Buffer> = {};
+      for (let i = 0; i < 200; i++) files[`d${String(i % 7)}/f${String(i).padStart(3, '0')}.bin`] = i % 5 === 4 ? randomBytes(3000) : contents[i % 4];
+      const dir = await writeCheckpoint(ckpts, 'dupes', files);
+      const info = checkpointInfo('dupes');
+      const hooked = new HookedStorage(o.storage);
+      const res = await uploader({ storage: hooked, fileConcurrency: 16 }).up.upload(dir, info);
+      const paths = Object.keys(files).sort();
+      const firstOf = new Map<string, string>();
+      for (const p of paths) if (!firstOf.has(sha256(files[p]))) firstOf.set(sha256(files[p]), p);
+      assert.deepEqual(
+        res.manifest.files.map((f) => [f.path, f.key]),
+        paths.map((p) => [p, `${info.uuid}/${firstOf.get(sha256(files[p]))}`]),
+      );
+      const puts = hooked.events.filter((e) => e.startsWith('put-start ')).map((e) => e.slice('put-start '.length));
+      assert.deepEqual([...puts].sort(), [...[...firstOf.values()].map((p) => `${info.uuid}/${p}`), manifestKey(info.uuid)].sort(), 'each content was put once');
+      assert.deepEqual([res.uploadedFiles, res.skippedFiles], [firstOf.size, 200 - firstOf.size]);
+      assert.equal((await o.rawKeys(checkpointPrefix(info.uuid))).length, firstOf.size + 1);
+      const target = path.join(work, 'dupes-down');
+      await downloadCheckpoint(o.storage, info.uuid, target);
+      assert.deepEqual(await treeDigests(target), await treeDigests(dir, { checkpoint: true }));
     });
 
     it('a second checkpoint with one changed file uploads only that file; its download is complete', async () => {
