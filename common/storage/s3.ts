@@ -1,6 +1,7 @@
 // s3: checkpoints in an S3 bucket under an optional prefix. An object of known size up to the
 // multipart threshold whose sha256 the caller knows (or a Buffer) goes as ONE PutObject signed
-// with that sha256 (s3-put.ts); anything else through lib-storage's Upload (multipart above one
+// with that sha256 (s3-put.ts; Buffers through the lean request path of s3-lean-put.ts, without
+// the SDK's middleware stack); anything else through lib-storage's Upload (multipart above one
 // part: 8 MiB parts, 4 in flight). The SDK retries (maxAttempts; not a streamed single PUT: the
 // caller reopens the source) and takes credentials from its default chain (environment,
 // profile, instance profile).
@@ -18,6 +19,7 @@ import { Upload } from '@aws-sdk/lib-storage';
 import { DetError, errorMessage } from '../errors';
 import { ObjectNotFoundError, redact } from './errors';
 import { validateKey, validatePrefix } from './paths';
+import { LeanPut } from './s3-lean-put';
 import { isSha256Hex, MAX_SINGLE_PUT_BYTES, putSingle } from './s3-put';
 import type { CheckpointStorage, ListedObject, ObjectInfo, PutOptions, PutResult } from './storage';
 
@@ -89,6 +91,7 @@ export class S3Storage implements CheckpointStorage {
   private readonly pageSize: number;
   private readonly endpoint: string;
   private readonly secrets: string[] = [];
+  private readonly lean: LeanPut;
 
   constructor(opts: S3StorageOptions) {
     this.bucket = opts.bucket;
@@ -124,6 +127,7 @@ export class S3Storage implements CheckpointStorage {
         ? { requestHandler: { connectionTimeout: opts.requestTimeoutMs, socketTimeout: opts.requestTimeoutMs } }
         : {}),
     });
+    this.lean = new LeanPut(this.client, this.bucket, { maxAttempts: opts.maxAttempts ?? 5, requestTimeoutMs: opts.requestTimeoutMs });
   }
 
   /** Full object key in the bucket. */
@@ -138,6 +142,7 @@ export class S3Storage implements CheckpointStorage {
 
   /** Closes the SDK's connections. */
   destroy(): void {
+    this.lean.destroy();
     this.client.destroy();
   }
 
@@ -155,6 +160,11 @@ export class S3Storage implements CheckpointStorage {
     if (size !== undefined && size <= this.multipartThresholdBytes && (opts.sha256 !== undefined || Buffer.isBuffer(source))) {
       signal?.throwIfAborted();
       try {
+        // Buffers skip the SDK's per-request middleware where the endpoint allows (s3-lean-put.ts).
+        if (Buffer.isBuffer(source) && (await this.lean.available())) {
+          const out = await this.lean.put({ key: Key, body: source, sha256: opts.sha256, contentType: opts.contentType }, signal);
+          return { etag: unquote(out.ETag) };
+        }
         const out = await putSingle(this.client, { bucket: this.bucket, key: Key, body: source, size, sha256: opts.sha256, contentType: opts.contentType }, signal);
         return { etag: unquote(out.ETag) };
       } catch (err) {

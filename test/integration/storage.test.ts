@@ -5,6 +5,7 @@
 import { strict as assert } from 'node:assert';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import * as http from 'node:http';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -461,11 +462,32 @@ describe('checkpoint storage', function () {
         const claimed = sha256(Buffer.from('something else'));
         await small.put('c/claimed.bin', body, { sha256: claimed });
         assert.deepEqual(wire.map((w) => [w.command, w.contentSha256]), [['PutObjectCommand', claimed]]);
-        // Without one, the SDK hashes a Buffer itself; a stream of unknown hash goes through lib-storage.
+        // Without one, the Buffer is hashed before sending; a stream of unknown hash goes through lib-storage.
         wire.length = 0;
         await small.put('c/plain.bin', body);
         assert.deepEqual(wire.map((w) => [w.command, w.contentSha256]), [['PutObjectCommand', sha256(body)]]);
         assert.deepEqual(await readAll(await small.get('c/plain.bin')), body);
+      });
+
+      it('a Buffer goes on the lean path, past the SDK middleware stack, and s3rver accepts its signature', async () => {
+        const commands: string[] = [];
+        small.client.middlewareStack.add(
+          (next, context) => (args) => {
+            commands.push(String(context.commandName));
+            return next(args);
+          },
+          { step: 'initialize', name: 'countCommands' },
+        );
+        const wire = recordWire(small.client);
+        const body = randomBytes(100 * 1024);
+        const key = "c/odd name (1)+*!'~.bin";
+        const put = await small.put(key, body, { sha256: sha256(body), contentType: 'application/x-det' });
+        assert.deepEqual(commands, [], 'no SDK command for a Buffer PUT');
+        assert.deepEqual(wire, [{ command: 'PutObjectCommand', key: `${PREFIX}/${key}`, contentSha256: sha256(body), sha256Signed: true }]);
+        const raw = await rawS3().send(new GetObjectCommand({ Bucket: bucket, Key: `${PREFIX}/${key}` }));
+        assert.equal(raw.ContentType, 'application/x-det');
+        assert.equal(raw.ETag?.replace(/"/g, ''), put.etag);
+        assert.deepEqual(Buffer.from(await raw.Body!.transformToByteArray()), body);
       });
 
       it('refuses a malformed sha256 or a size that contradicts the buffer, sending nothing', async () => {
@@ -521,13 +543,46 @@ describe('checkpoint storage', function () {
           await proxy.inject({ kind: 'reset', afterBytes: 512 * 1024 }, 1);
           await via.put('c/buffer.bin', body, { sha256: sha256(body) });
           assert.equal(proxy.stats.resets, 2);
-          assert.deepEqual(wire.map((w) => w.command), ['PutObjectCommand', 'PutObjectCommand'], 'retried by the SDK');
+          assert.deepEqual(wire.map((w) => w.command), ['PutObjectCommand', 'PutObjectCommand'], 'retried by the lean path');
           assert.equal(sha256(await readAll(await storage.get('c/buffer.bin'))), sha256(body));
         } finally {
           via.destroy();
           await proxy.close();
         }
       });
+    });
+
+    it('maps S3 error responses on the lean path like the SDK\'s: 5xx and SlowDown retried, a content mismatch named', async () => {
+      // s3rver answers neither 5xx nor XAmzContentSHA256Mismatch: a local server answers like S3 does.
+      const replies: [number, string][] = [];
+      const seen: string[] = [];
+      const server = http.createServer((req, res) => {
+        req.resume();
+        req.on('end', () => {
+          seen.push(`${req.method} ${req.url}`);
+          const [status, code] = replies.shift() ?? [200, ''];
+          res.writeHead(status, status === 200 ? { ETag: '"abc"' } : { 'Content-Type': 'application/xml', 'x-amz-request-id': 'REQ1' });
+          res.end(status === 200 ? '' : `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>We &amp; you</Message></Error>`);
+        });
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+      const fake = new S3Storage({ bucket, endpointUrl: url, forcePathStyle: true, region: S3_TEST_REGION, credentials: S3RVER_CREDENTIALS, maxAttempts: 3 });
+      try {
+        replies.push([503, 'SlowDown'], [500, 'InternalError']);
+        assert.deepEqual(await fake.put('a/b', Buffer.from('x')), { etag: 'abc' });
+        assert.deepEqual(seen, [`PUT /${bucket}/a/b`, `PUT /${bucket}/a/b`, `PUT /${bucket}/a/b`]);
+        replies.push([400, 'XAmzContentSHA256Mismatch']);
+        await assert.rejects(fake.put('a/c', Buffer.from('x')), /cannot upload s3:\/\/.*\/a\/c: S3 received content that does not match its sha256 \(XAmzContentSHA256Mismatch \(HTTP 400\), request id REQ1\)/);
+        replies.push([503, 'SlowDown'], [503, 'SlowDown'], [503, 'SlowDown']);
+        await assert.rejects(fake.put('a/d', Buffer.from('x')), /cannot upload s3:\/\/.*\/a\/d: SlowDown \(HTTP 503\), request id REQ1: We & you/);
+        replies.push([403, 'AccessDenied']);
+        await assert.rejects(fake.put('a/e', Buffer.from('x')), /a\/e: access denied \(AccessDenied \(HTTP 403\)/);
+        assert.equal(seen.length, 3 + 1 + 3 + 1, 'not retried: the mismatch and the denial');
+      } finally {
+        fake.destroy();
+        await new Promise((resolve) => server.close(resolve));
+      }
     });
 
     describe('interoperability with awscli', () => {

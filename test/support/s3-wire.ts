@@ -1,7 +1,13 @@
-// Records what an S3 client puts on the wire: one entry per attempt of every request, taken at
-// the end of the middleware stack (after signing), so tests can check which commands an upload
-// used and which payload hash it signed.
+// Records what an S3 client puts on the wire: one entry per attempt of every request, so tests
+// can check which commands an upload used and which payload hash it signed. Two sources: the
+// SDK's requests, taken at the end of its middleware stack (after signing), and the requests of
+// the lean Buffer PUT path (common/storage/s3-lean-put.ts), which bypasses that stack: those are
+// taken from node's http client itself (diagnostics channel 'http.client.request.start', the
+// headers as node sends them), for requests on the lean path's agent of that client.
+import { subscribe } from 'node:diagnostics_channel';
+import type { ClientRequest } from 'node:http';
 import type { S3Client } from '@aws-sdk/client-s3';
+import { leanPutAgent } from '../../common/storage/s3-lean-put';
 
 /** One request attempt as sent. */
 export interface WireRequest {
@@ -15,6 +21,10 @@ export interface WireRequest {
   sha256Signed: boolean;
 }
 
+function signedHeaders(authorization: string | undefined): string[] {
+  return /SignedHeaders=([^,]*)/.exec(authorization ?? '')?.[1]?.split(';') ?? [];
+}
+
 /** Starts recording the requests of `client`; the returned array fills as they are sent. */
 export function recordWire(client: S3Client): WireRequest[] {
   const sent: WireRequest[] = [];
@@ -22,16 +32,31 @@ export function recordWire(client: S3Client): WireRequest[] {
     (next, context) => async (args) => {
       const req = args.request as { headers?: Record<string, string> };
       const headers = Object.fromEntries(Object.entries(req.headers ?? {}).map(([k, v]) => [k.toLowerCase(), v]));
-      const signed = /SignedHeaders=([^,]*)/.exec(headers.authorization ?? '')?.[1]?.split(';') ?? [];
       sent.push({
         command: context.commandName ?? '?',
         key: (args.input as { Key?: string }).Key,
         contentSha256: headers['x-amz-content-sha256'],
-        sha256Signed: signed.includes('x-amz-content-sha256'),
+        sha256Signed: signedHeaders(headers.authorization).includes('x-amz-content-sha256'),
       });
       return next(args);
     },
     { step: 'deserialize', priority: 'low', name: 'testWireRecorder', override: true },
   );
+  subscribe('http.client.request.start', (message) => {
+    const request = (message as { request: ClientRequest }).request;
+    const agent = leanPutAgent(client);
+    if (agent === undefined || (request as unknown as { agent?: unknown }).agent !== agent) return;
+    // The lean path sends only single PutObjects: PUT /<bucket>/<key> (path style) or PUT /<key>.
+    const [pathname, query] = request.path.split('?');
+    const host = String(request.getHeader('host') ?? '');
+    const bucketInHost = !/^[\d.]+(:\d+)?$|^\[|^localhost(:\d+)?$/.test(host) && /\.s3[.-]/.test(host);
+    const segments = pathname.split('/').slice(bucketInHost ? 1 : 2);
+    sent.push({
+      command: request.method === 'PUT' && query === undefined ? 'PutObjectCommand' : `${request.method} ${request.path}`,
+      key: segments.map(decodeURIComponent).join('/'),
+      contentSha256: request.getHeader('x-amz-content-sha256') as string | undefined,
+      sha256Signed: signedHeaders(request.getHeader('authorization') as string | undefined).includes('x-amz-content-sha256'),
+    });
+  });
   return sent;
 }
