@@ -7,7 +7,7 @@
 // Usage: npm run bench:s3-sync [-- --rounds N] [-- --file-concurrency N] [-- --multipart-threshold-mib N] [-- --json]
 // (package.json runs this under test/env/with-testenv.sh, which provides s3rver.)
 // Exits 0 whether or not the targets are met; non-zero only when something broke.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomFillSync, randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -230,7 +230,18 @@ function s3rverPid(): number | undefined {
 }
 
 /** CPU seconds used by `what` while `fn` runs. */
+/**
+ * Writes dirty pages back to disk (sync(1)), untimed, before each measured upload: without it the
+ * kernel writes the previous upload's gigabyte (s3rver's objects) back while the next tool runs,
+ * and that tool pays for it in wall time and CPU (every tool but the first of a run did).
+ */
+function settleWrites(): void {
+  const r = spawnSync('sync', [], { stdio: 'ignore', timeout: 120_000 });
+  if (r.status !== 0) throw new Error(`sync failed: ${r.error?.message ?? `exit ${r.status}`}`);
+}
+
 async function measureCpu<T>(fn: () => Promise<T>, server: number | undefined): Promise<{ value: T; wallS: number; selfCpuS: number; childCpuS: number; serverCpuS?: number }> {
+  settleWrites();
   const self0 = process.cpuUsage();
   const child0 = procCpuSeconds('self', true) ?? 0;
   const server0 = server === undefined ? undefined : procCpuSeconds(server, false);
