@@ -26,13 +26,8 @@ export interface SmallFile {
  * the size it was listed with. Throws fileChanged errors otherwise.
  */
 export async function readSmallFile(root: string, entry: CheckpointEntry): Promise<SmallFile> {
-  const real = await fs.realpath(path.join(root, ...entry.rel.split('/')));
-  if (!isInside(root, real)) throw fileChanged(entry.rel, `it now resolves outside the checkpoint (to ${real})`);
-  const fh = await fs.open(real, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+  const { fh, stat } = await openInCheckpoint(root, entry.rel, entry.stat.size, 'listed');
   try {
-    const stat = await fh.stat({ bigint: true });
-    if (!stat.isFile()) throw fileChanged(entry.rel, 'it is no longer a regular file');
-    if (stat.size !== entry.stat.size) throw fileChanged(entry.rel, `it has ${stat.size} bytes now, ${entry.stat.size} when it was listed`);
     const size = Number(stat.size);
     const body = Buffer.allocUnsafe(size);
     let done = 0;
@@ -47,6 +42,26 @@ export async function readSmallFile(root: string, entry: CheckpointEntry): Promi
     return { body, sha256: sha256Hex(body), stat };
   } finally {
     await fh.close();
+  }
+}
+
+/**
+ * Opens the checkpoint file `rel` safely for reading: its real path must still be inside the
+ * checkpoint `root`, it is opened without following a final symlink, and it must still be a
+ * regular file of `size` bytes (the size it had when it was `when`). The caller closes the handle.
+ */
+export async function openInCheckpoint(root: string, rel: string, size: bigint, when: 'listed' | 'hashed'): Promise<{ fh: fs.FileHandle; stat: BigIntStats }> {
+  const real = await fs.realpath(path.join(root, ...rel.split('/')));
+  if (!isInside(root, real)) throw fileChanged(rel, `it now resolves outside the checkpoint (to ${real})`);
+  const fh = await fs.open(real, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+  try {
+    const stat = await fh.stat({ bigint: true });
+    if (!stat.isFile()) throw fileChanged(rel, 'it is no longer a regular file');
+    if (stat.size !== size) throw fileChanged(rel, `it has ${stat.size} bytes now, ${size} when it was ${when}`);
+    return { fh, stat };
+  } catch (err) {
+    await fh.close();
+    throw err;
   }
 }
 

@@ -4,9 +4,8 @@
 // attempt uploaded is deleted again (best effort). One uploader serves one trial allocation: it
 // remembers the content of the trial's stored checkpoints and uploads each content once
 // (dedupe.ts), and its HashCache spares re-hashing unchanged files.
-import { constants as fsConstants, type BigIntStats } from 'node:fs';
+import type { BigIntStats } from 'node:fs';
 import * as fs from 'node:fs/promises';
-import * as path from 'node:path';
 import type { BackoffOptions } from '../../common/backoff';
 import { checkpointPrefix, fileKey, manifestKey as manifestKeyOf } from '../../common/checkpoints/layout';
 import {
@@ -26,7 +25,7 @@ import type { Logger } from '../../common/log';
 import type { CheckpointStorage } from '../../common/storage';
 import { planUpload, UploadPlanner, type UploadPlan } from './dedupe';
 import type { HashCache } from './hash-cache';
-import { fileChanged, isInside, readSmallFile, SizeOrder, SMALL_FILE_BYTES, type SmallFile } from './upload-pipeline';
+import { fileChanged, openInCheckpoint, readSmallFile, SizeOrder, SMALL_FILE_BYTES, type SmallFile } from './upload-pipeline';
 
 /** Default number of files uploaded at once. */
 export const DEFAULT_FILE_CONCURRENCY = 16;
@@ -235,13 +234,8 @@ export class CheckpointUploader {
   // mtime and ctime, which no one can set back) must be the one the file had when hashed, before
   // and after.
   private async putLarge(root: string, f: ManifestFile, expected: string | undefined, signal?: AbortSignal): Promise<void> {
-    const real = await fs.realpath(path.join(root, ...f.path.split('/')));
-    if (!isInside(root, real)) throw fileChanged(f.path, `it now resolves outside the checkpoint (to ${real})`);
-    const fh = await fs.open(real, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
+    const { fh, stat: st } = await openInCheckpoint(root, f.path, BigInt(f.size), 'hashed');
     try {
-      const st = await fh.stat({ bigint: true });
-      if (!st.isFile()) throw fileChanged(f.path, 'it is no longer a regular file');
-      if (st.size !== BigInt(f.size)) throw fileChanged(f.path, `it has ${st.size} bytes now, ${f.size} when it was hashed`);
       if (expected === undefined) throw fileChanged(f.path, 'it was modified while it was hashed');
       if (identityOf(st) !== expected) throw fileChanged(f.path, 'it was modified after it was hashed');
       // Destroying the stream would close `fh` too: only on failure (the handle is closed below anyway).
