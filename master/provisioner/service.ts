@@ -178,6 +178,7 @@ export class ProvisionerService implements ProvisionerStatusSource {
     const free = agent ? agent.devices.filter((d) => !agent.usedSlots.has(d.id) && !agent.disabledSlots.has(d.id)).length : slots;
     // A cordon lifted by someone else (det agent enable) is no cordon any more.
     const cordoned = agent !== undefined && !agent.enabled && p.state.cordoned.includes(t.id);
+    const tasks = this.cluster.tasksOn(t.id);
     return {
       id: t.id,
       instanceType: t.instanceType,
@@ -188,11 +189,11 @@ export class ProvisionerService implements ProvisionerStatusSource {
       agentConnected: agent?.channel !== undefined,
       disconnectedSinceMs: agent && !agent.channel ? agent.disconnectedSinceMs : null,
       agentDisabled: agent ? !agent.enabled : false,
-      runningTasks: this.cluster.runningTasksOn(t.id),
+      runningTasks: tasks.length,
       idleSinceMs: agent?.channel ? agent.idleSinceMs : null,
       slots,
       freeSlots: agent && !agent.enabled && !cordoned ? 0 : free,
-      tasks: this.cluster.tasksOn(t.id),
+      tasks,
       cordoned,
       underusedSinceMs: p.state.underusedSince[t.id] ?? null,
     };

@@ -57,6 +57,12 @@ describe('e2e recovery: network cuts between agent and master', function () {
   const waitForLine = (trialId: number, allocation: string, n: number) =>
     waitFor(async () => numberedLines(await api!.logText(trialId), allocation).includes(n), { what: `line ${n} of ${allocation} in the trial log`, timeoutMs: 60_000, intervalMs: 200 });
 
+  /** Waits until the master has requeued the trial because its agent did not return within the grace period. */
+  const waitRequeuedAfterGrace = (trialId: number) =>
+    waitFor(async () => {
+      const t = await api!.trial(trialId);
+      return stateOf(t) === 'QUEUED' && new RegExp(`did not reconnect within ${GRACE_S}s`).test(t.message);
+    }, { what: 'the master to requeue the trial after the grace period', timeoutMs: 30_000, intervalMs: 200 });
   const count = (p: DetProcess, re: RegExp) => (p.stderr.match(new RegExp(re.source, 'g')) ?? []).length;
 
   it(`a reset cut shorter than the grace period (${GRACE_S}s): the trial keeps running and completes, 0 restarts, logs complete`, async () => {
@@ -117,10 +123,7 @@ describe('e2e recovery: network cuts between agent and master', function () {
     await waitForLine(trial.id, `${trial.taskId}.0`, 3);
 
     proxy!.cut('reset');
-    await waitFor(async () => {
-      const t = await api!.trial(trial.id);
-      return stateOf(t) === 'QUEUED' && new RegExp(`did not reconnect within ${GRACE_S}s`).test(t.message);
-    }, { what: 'the master to requeue the trial after the grace period', timeoutMs: 30_000, intervalMs: 200 });
+    await waitRequeuedAfterGrace(trial.id);
     assert.equal(events!.running().length, 1, 'the stale container still runs on the cut-off agent');
     proxy!.heal();
 
@@ -135,10 +138,7 @@ describe('e2e recovery: network cuts between agent and master', function () {
 
     proxy!.cut('blackhole');
     await master.proc.waitForOutput(new RegExp(`agent missed its heartbeat TTL agent=${agentId}`), 'the master to notice the missed heartbeat TTL', 40_000);
-    await waitFor(async () => {
-      const t = await api!.trial(trial.id);
-      return stateOf(t) === 'QUEUED' && new RegExp(`did not reconnect within ${GRACE_S}s`).test(t.message);
-    }, { what: 'the master to requeue the trial after the grace period', timeoutMs: 30_000, intervalMs: 200 });
+    await waitRequeuedAfterGrace(trial.id);
     assert.equal(events!.running().length, 1, 'the stale container still runs on the cut-off agent');
     proxy!.heal();
 

@@ -170,14 +170,20 @@ describe('agent and slot lifecycle (in-process master, scripted agents)', functi
     assert.deepEqual((await getAgent('agent-1')).fencedAllocationIds, []);
   });
 
-  it('preemption: a higher-priority trial stops a lower-priority one, which is requeued with its restart count untouched and runs later', async () => {
-    await start(60_000, true);
+  /** A master (pool preemption on or off) with one 1-slot agent running a priority-80 trial. */
+  async function lowPriorityRunning(preemption: boolean) {
+    await start(60_000, preemption);
     const a1 = connect();
     await a1.registerAndWait(registration('agent-1', { devices: cpuDevices(1) }));
     const low = await createExperiment(m, withPriority(yaml('low'), 80));
     const s1 = await a1.next('start');
     a1.runUp(s1.spec.allocationId);
     await waitTrial(m, low.trial.id, 'RUNNING');
+    return { a1, low, s1 };
+  }
+
+  it('preemption: a higher-priority trial stops a lower-priority one, which is requeued with its restart count untouched and runs later', async () => {
+    const { a1, low, s1 } = await lowPriorityRunning(true);
 
     const high = await createExperiment(m, withPriority(yaml('high'), 10));
     const kill = await a1.next('kill');
@@ -196,13 +202,7 @@ describe('agent and slot lifecycle (in-process master, scripted agents)', functi
   });
 
   it('without preemption in the pool, a higher-priority trial waits', async () => {
-    await start(60_000, false);
-    const a1 = connect();
-    await a1.registerAndWait(registration('agent-1', { devices: cpuDevices(1) }));
-    const low = await createExperiment(m, withPriority(yaml('low'), 80));
-    const s1 = await a1.next('start');
-    a1.runUp(s1.spec.allocationId);
-    await waitTrial(m, low.trial.id, 'RUNNING');
+    const { a1, low } = await lowPriorityRunning(false);
     const high = await createExperiment(m, withPriority(yaml('high'), 10));
     await waitFor(async () => /waiting for 1 free slot/.test((await getTrial(m, high.trial.id)).message), { ...API_WAIT, what: 'the high-priority trial to wait' });
     assert.ok(!a1.received.some((x) => x.kind === 'kill'));
