@@ -7,6 +7,7 @@ import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { sha256Hex, type CheckpointEntry } from '../../common/checkpoints/manifest';
 import { DetError } from '../../common/errors';
+import { isStrictlyInside } from '../../common/storage/paths';
 
 /** Files up to this size are read into memory in one go, hashed and sent as that one buffer. */
 export const SMALL_FILE_BYTES = 1024 * 1024;
@@ -52,7 +53,7 @@ export async function readSmallFile(root: string, entry: CheckpointEntry): Promi
  */
 export async function openInCheckpoint(root: string, rel: string, size: bigint, when: 'listed' | 'hashed'): Promise<{ fh: fs.FileHandle; stat: BigIntStats }> {
   const real = await fs.realpath(path.join(root, ...rel.split('/')));
-  if (!isInside(root, real)) throw fileChanged(rel, `it now resolves outside the checkpoint (to ${real})`);
+  if (!isStrictlyInside(root, real)) throw fileChanged(rel, `it now resolves outside the checkpoint (to ${real})`);
   const fh = await fs.open(real, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW);
   try {
     const stat = await fh.stat({ bigint: true });
@@ -110,10 +111,4 @@ export function fileChanged(rel: string, why: string): DetError {
     'DET_ERR_INVALID_ARGUMENT',
     `checkpoint file ${JSON.stringify(rel)} changed during the upload (${why}): a trial must not modify a checkpoint after writing its .det-complete marker`,
   );
-}
-
-/** Whether `p` is strictly inside `root` (both absolute). */
-export function isInside(root: string, p: string): boolean {
-  const rel = path.relative(root, p);
-  return rel !== '' && !rel.startsWith('..' + path.sep) && rel !== '..' && !path.isAbsolute(rel);
 }

@@ -10,6 +10,7 @@ import { DetError, errorMessage } from '../errors';
 import { checkpointNameProblem, isReservedName, MAX_METADATA_BYTES, METADATA_FILE } from './contract';
 import { checkpointUuidProblem, fileKey, fileKeyProblem } from './layout';
 import { mapBounded } from './transfer';
+import { isStrictlyInside } from '../storage/paths';
 
 /** Manifest format version. */
 export const MANIFEST_VERSION = 1;
@@ -71,7 +72,7 @@ export function resolveManifestPath(targetDir: string, rel: string): string {
   if (problem) throw invalid(`refusing checkpoint file ${JSON.stringify(rel)}: ${problem}`);
   const root = path.resolve(targetDir);
   const full = path.resolve(root, ...rel.split('/'));
-  if (!isInside(root, full)) throw invalid(`refusing checkpoint file ${JSON.stringify(rel)}: it resolves outside ${root}`);
+  if (!isStrictlyInside(root, full)) throw invalid(`refusing checkpoint file ${JSON.stringify(rel)}: it resolves outside ${root}`);
   return full;
 }
 
@@ -167,7 +168,7 @@ async function walk(root: string, absDir: string, relDir: string, out: Checkpoin
       } catch (err) {
         throw invalid(`checkpoint file ${JSON.stringify(rel)} is a dangling symlink (${errorMessage(err)}): write a regular file instead`);
       }
-      if (!isInside(root, target)) {
+      if (!isStrictlyInside(root, target)) {
         throw invalid(`checkpoint file ${JSON.stringify(rel)} is a symlink that points outside the checkpoint (to ${target}): copy the file into the checkpoint instead`);
       }
       const tst = await fs.stat(target, { bigint: true });
@@ -309,10 +310,6 @@ function pickInfo(i: CheckpointInfo): CheckpointInfo {
   return { uuid: i.uuid, trialId: i.trialId, allocationId: i.allocationId, name: i.name, createdAtMs: i.createdAtMs };
 }
 
-function isInside(root: string, p: string): boolean {
-  const rel = path.relative(root, p);
-  return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel);
-}
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);

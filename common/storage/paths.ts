@@ -100,6 +100,11 @@ function danglingLinkTarget(p: string): string | undefined {
 }
 
 function inside(root: string, p: string): boolean {
+  return path.relative(root, p) === '' || isStrictlyInside(root, p);
+}
+
+/** Whether the absolute path `p` is below the absolute path `root` (not `root` itself). */
+export function isStrictlyInside(root: string, p: string): boolean {
   const rel = path.relative(root, p);
-  return rel === '' || (!rel.startsWith('..' + path.sep) && rel !== '..' && !path.isAbsolute(rel));
+  return rel !== '' && !rel.startsWith('..' + path.sep) && rel !== '..' && !path.isAbsolute(rel);
 }
