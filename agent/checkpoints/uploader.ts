@@ -12,7 +12,6 @@ import {
   assembleManifest,
   hashFile,
   listCheckpoint,
-  READ_CHUNK_BYTES,
   type CheckpointEntry,
   type CheckpointInfo,
   type CheckpointListing,
@@ -226,8 +225,9 @@ export class CheckpointUploader {
     return identityOf(after) === identityOf(before) ? { ...got, identity: identityOf(after) } : got;
   }
 
-  // One attempt at uploading the large file `f`, streamed. It is opened without following a
-  // final symlink after its real path was checked to be inside the checkpoint, and what is sent
+  // One attempt at uploading the large file `f`, read from its open handle (a FileSource: the
+  // storage reads it into reused buffers and may send it again on a retry). It is opened without
+  // following a final symlink after its real path was checked to be inside the checkpoint, and what is sent
   // must be what was hashed, even if the trial broke the contract and changed the file. On S3 a
   // single PUT is signed with the manifest's sha256 and S3 refuses other content, but
   // S3-compatible servers may not check (s3rver does not), so the identity (device, inode, size,
@@ -238,14 +238,7 @@ export class CheckpointUploader {
     try {
       if (expected === undefined) throw fileChanged(f.path, 'it was modified while it was hashed');
       if (identityOf(st) !== expected) throw fileChanged(f.path, 'it was modified after it was hashed');
-      // Destroying the stream would close `fh` too: only on failure (the handle is closed below anyway).
-      const source = fh.createReadStream({ autoClose: false, start: 0, highWaterMark: READ_CHUNK_BYTES });
-      try {
-        await this.opts.storage.put(f.key, source, { size: f.size, sha256: f.sha256 }, signal);
-      } catch (err) {
-        source.destroy();
-        throw err;
-      }
+      await this.opts.storage.put(f.key, { handle: fh, size: f.size }, { sha256: f.sha256 }, signal);
       // On a change the upload fails and its cleanup removes the object.
       if (identityOf(await fh.stat({ bigint: true })) !== expected) throw fileChanged(f.path, 'it was modified while it was uploaded');
     } finally {

@@ -1,4 +1,4 @@
-// A lean signed PutObject for Buffer bodies: the AWS SDK spends about 2 ms of CPU per request
+// A lean signed PutObject for Buffer and open-file bodies: the AWS SDK spends about 2 ms of CPU per request
 // in its middleware stack (schema serde, endpoint rules, user agent, retry bookkeeping, log
 // filters), which is most of the client's cost for the many small files of a checkpoint. This
 // path keeps the SDK's decisions but takes them once: the bucket's endpoint is resolved ONCE
@@ -11,7 +11,11 @@
 // Errors look like the SDK's to S3Storage.mapError (name = S3's <Code>, $metadata with the HTTP
 // status and request id; network errors keep their node code), and are retried like the SDK's
 // standard strategy does: network errors, timeouts, throttling and 5xx, up to maxAttempts.
+// A file body (FileSource) is sent from a few reused buffers with positional reads (file-source.ts),
+// so a retry sends it again from the start, and it costs neither a stream pipeline nor a fresh
+// buffer per chunk; it must come with its sha256 (the signed payload hash).
 import { createHash } from 'node:crypto';
+import * as diagnostics from 'node:diagnostics_channel';
 import * as http from 'node:http';
 import * as https from 'node:https';
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
@@ -19,6 +23,7 @@ import { getEndpointFromInstructions } from '@smithy/core/endpoints';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { sleep } from '../abort';
 import { backoffDelay, type BackoffOptions } from '../backoff';
+import { readChunks, type FileSource } from './file-source';
 import { CONTENT_SHA256_HEADER } from './s3-put';
 
 /** The SDK's standard retry delay: 100 ms doubling to 20 s, full jitter. */
@@ -26,13 +31,15 @@ export const LEAN_PUT_BACKOFF: BackoffOptions = { baseMs: 100, maxMs: 20_000, ji
 /** Bytes of an error response kept for its <Code> and <Message>. */
 const MAX_ERROR_BODY = 64 * 1024;
 const USER_AGENT = 'determined-aws (s3-lean-put)';
+/** Chunks of a file body in flight per request (read ahead of, or queued on, the socket). */
+const FILE_BODY_BUFFERS = 4;
 
-/** One Buffer upload. */
+/** One upload. */
 export interface LeanPutRequest {
   /** Full object key (with the storage's prefix). */
   key: string;
-  body: Buffer;
-  /** Hex sha256 of the body; computed when absent. */
+  body: Buffer | FileSource;
+  /** Hex sha256 of the body; computed for a Buffer when absent, required for a file. */
   sha256?: string;
   contentType?: string;
 }
@@ -71,11 +78,18 @@ export class LeanS3Error extends Error {
   }
 }
 
-const agents = new WeakMap<S3Client, http.Agent>();
+/**
+ * Diagnostics channel with every request (attempt) the lean path starts, as `{ client, request }`
+ * (`client` the S3Client it follows), published when the request is created: tests record what
+ * goes on the wire, also for requests that fail before their body is sent.
+ */
+export const LEAN_PUT_REQUEST_CHANNEL = 'det:s3-lean-put:request';
+const requestChannel = diagnostics.channel(LEAN_PUT_REQUEST_CHANNEL);
 
-/** The keep-alive agent of the LeanPut made for `client` (tests record its requests). */
-export function leanPutAgent(client: S3Client): http.Agent | undefined {
-  return agents.get(client);
+/** A message of LEAN_PUT_REQUEST_CHANNEL. */
+export interface LeanPutRequestMessage {
+  client: S3Client;
+  request: http.ClientRequest;
 }
 
 interface ClientConfigView {
@@ -107,7 +121,9 @@ export class LeanPut {
   async put(req: LeanPutRequest, signal?: AbortSignal): Promise<{ ETag?: string }> {
     const target = await this.resolve();
     if (!target) throw new Error('the lean PUT path does not serve this bucket');
-    const sha256 = req.sha256 ?? createHash('sha256').update(req.body).digest('hex');
+    const body = req.body;
+    const sha256 = req.sha256 ?? (Buffer.isBuffer(body) ? createHash('sha256').update(body).digest('hex') : undefined);
+    if (sha256 === undefined) throw new Error('a file body needs its sha256');
     const max = Math.max(1, this.opts.maxAttempts);
     for (let attempt = 1; ; attempt++) {
       signal?.throwIfAborted();
@@ -160,7 +176,6 @@ export class LeanPut {
     });
     const Agent = url.protocol === 'https:' ? https.Agent : http.Agent;
     this.agent = new Agent({ keepAlive: true, maxSockets: 50 });
-    agents.set(this.client, this.agent);
     return {
       protocol: url.protocol,
       hostname: url.hostname.replace(/^\[|\]$/g, ''),
@@ -184,7 +199,7 @@ export class LeanPut {
         query: {},
         headers: {
           host: t.host,
-          'content-length': String(req.body.length),
+          'content-length': String(Buffer.isBuffer(req.body) ? req.body.length : req.body.size),
           'content-type': req.contentType ?? 'application/octet-stream',
           [CONTENT_SHA256_HEADER]: sha256,
         },
@@ -192,6 +207,7 @@ export class LeanPut {
       { signingDate: new Date(Date.now() + offset) },
     );
     const sentAt = Date.now();
+    const body = req.body;
     return new Promise((resolve, reject) => {
       const mod = t.protocol === 'https:' ? https : http;
       const r = mod.request({
@@ -205,8 +221,12 @@ export class LeanPut {
         signal,
         ...(this.opts.requestTimeoutMs !== undefined ? { timeout: this.opts.requestTimeoutMs } : {}),
       });
+      if (requestChannel.hasSubscribers) requestChannel.publish({ client: this.client, request: r } satisfies LeanPutRequestMessage);
+      // Stops sending a file body once the request is over (failed, or answered early).
+      const stop = new AbortController();
       r.on('timeout', () => r.destroy(timeoutError(this.opts.requestTimeoutMs ?? 0)));
       r.on('error', reject);
+      r.on('close', () => stop.abort());
       r.on('response', (res) => {
         const status = res.statusCode ?? 0;
         if (status >= 200 && status < 300) {
@@ -215,6 +235,12 @@ export class LeanPut {
           res.resume();
           return;
         }
+        // An error answer can come before the whole body was sent: the rest is not sent, and
+        // the connection, with half a request on it, is not used again.
+        stop.abort();
+        res.on('end', () => {
+          if (!r.writableFinished) r.destroy();
+        });
         const chunks: Buffer[] = [];
         let kept = 0;
         res.on('data', (c: Buffer) => {
@@ -227,7 +253,17 @@ export class LeanPut {
           reject(s3Error(status, headerOf(res, 'x-amz-request-id'), Buffer.concat(chunks).toString('utf8')));
         });
       });
-      r.end(req.body);
+      if (Buffer.isBuffer(body)) {
+        r.end(body);
+        return;
+      }
+      // write()'s callback runs once the socket has taken the chunk: then its buffer is read into again.
+      readChunks(body.handle, body.size, (chunk, release) => r.write(chunk, release), { until: 'length', buffers: FILE_BODY_BUFFERS, signal: stop.signal }).then(
+        () => r.end(),
+        (err: unknown) => {
+          if (!stop.signal.aborted) r.destroy(err as Error);
+        },
+      );
     });
   }
 

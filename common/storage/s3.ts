@@ -1,10 +1,10 @@
 // s3: checkpoints in an S3 bucket under an optional prefix. An object of known size up to the
 // multipart threshold whose sha256 the caller knows (or a Buffer) goes as ONE PutObject signed
-// with that sha256 (s3-put.ts; Buffers through the lean request path of s3-lean-put.ts, without
-// the SDK's middleware stack); anything else through lib-storage's Upload (multipart above one
-// part: 8 MiB parts, 4 in flight). The SDK retries (maxAttempts; not a streamed single PUT: the
-// caller reopens the source) and takes credentials from its default chain (environment,
-// profile, instance profile).
+// with that sha256 (s3-put.ts; Buffers and open files (FileSource) through the lean request path
+// of s3-lean-put.ts, without the SDK's middleware stack); anything else through lib-storage's
+// Upload (multipart above one part: 8 MiB parts, 4 in flight). Requests are retried (maxAttempts;
+// not a streamed single PUT: the caller reopens the source) and credentials come from the SDK's
+// default chain (environment, profile, instance profile).
 // Every error is mapped to a message that names the object and never carries credentials.
 import { Readable } from 'node:stream';
 import {
@@ -21,7 +21,8 @@ import { ObjectNotFoundError, redact } from './errors';
 import { validateKey, validatePrefix } from './paths';
 import { LeanPut } from './s3-lean-put';
 import { isSha256Hex, MAX_SINGLE_PUT_BYTES, putSingle } from './s3-put';
-import type { CheckpointStorage, ListedObject, ObjectInfo, PutOptions, PutResult } from './storage';
+import { fileSourceStream, isFileSource } from './file-source';
+import type { CheckpointStorage, ListedObject, ObjectInfo, PutBody, PutOptions, PutResult } from './storage';
 
 /** Multipart part size (S3's minimum is 5 MiB). */
 export const PART_SIZE = 8 * 1024 * 1024;
@@ -146,26 +147,30 @@ export class S3Storage implements CheckpointStorage {
     this.client.destroy();
   }
 
-  async put(key: string, source: Readable | Buffer, opts: PutOptions = {}, signal?: AbortSignal): Promise<PutResult> {
+  async put(key: string, source: PutBody, opts: PutOptions = {}, signal?: AbortSignal): Promise<PutResult> {
     const Key = this.objectKey(key);
     if (opts.sha256 !== undefined && !isSha256Hex(opts.sha256)) {
       throw new DetError('DET_ERR_INVALID_ARGUMENT', `cannot upload s3://${this.bucket}/${Key}: sha256 must be 64 lowercase hex digits, got ${JSON.stringify(opts.sha256)}`);
     }
-    const size = Buffer.isBuffer(source) ? source.length : opts.size;
-    if (Buffer.isBuffer(source) && opts.size !== undefined && opts.size !== source.length) {
-      throw new DetError('DET_ERR_INVALID_ARGUMENT', `cannot upload s3://${this.bucket}/${Key}: size ${opts.size} given for a ${source.length}-byte buffer`);
+    const file = isFileSource(source) ? source : undefined;
+    const own = Buffer.isBuffer(source) ? source.length : file?.size;
+    const size = own ?? opts.size;
+    if (own !== undefined && opts.size !== undefined && opts.size !== own) {
+      throw new DetError('DET_ERR_INVALID_ARGUMENT', `cannot upload s3://${this.bucket}/${Key}: size ${opts.size} given for a ${own}-byte ${file ? 'file' : 'buffer'}`);
     }
     // One request when the size is known and small enough, and the body's sha256 is known (a
     // stream cannot be hashed before it is sent) or the SDK can hash it (a Buffer).
     if (size !== undefined && size <= this.multipartThresholdBytes && (opts.sha256 !== undefined || Buffer.isBuffer(source))) {
       signal?.throwIfAborted();
       try {
-        // Buffers skip the SDK's per-request middleware where the endpoint allows (s3-lean-put.ts).
-        if (Buffer.isBuffer(source) && (await this.lean.available())) {
-          const out = await this.lean.put({ key: Key, body: source, sha256: opts.sha256, contentType: opts.contentType }, signal);
+        // Buffers and files skip the SDK's per-request middleware where the endpoint allows (s3-lean-put.ts).
+        const leanBody = Buffer.isBuffer(source) ? source : file;
+        if (leanBody && (await this.lean.available())) {
+          const out = await this.lean.put({ key: Key, body: leanBody, sha256: opts.sha256, contentType: opts.contentType }, signal);
           return { etag: unquote(out.ETag) };
         }
-        const out = await putSingle(this.client, { bucket: this.bucket, key: Key, body: source, size, sha256: opts.sha256, contentType: opts.contentType }, signal);
+        const body = file ? fileSourceStream(file) : (source as Readable | Buffer);
+        const out = await putSingle(this.client, { bucket: this.bucket, key: Key, body, size, sha256: opts.sha256, contentType: opts.contentType }, signal);
         return { etag: unquote(out.ETag) };
       } catch (err) {
         if (signal?.aborted) throw signal.reason;
@@ -177,9 +182,9 @@ export class S3Storage implements CheckpointStorage {
       params: {
         Bucket: this.bucket,
         Key,
-        Body: source,
+        Body: file ? fileSourceStream(file) : (source as Readable | Buffer),
         ContentType: opts.contentType,
-        ...(opts.size !== undefined ? { ContentLength: opts.size } : {}),
+        ...(size !== undefined ? { ContentLength: size } : {}),
       },
       partSize: PART_SIZE,
       queueSize: QUEUE_SIZE,

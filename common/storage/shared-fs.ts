@@ -10,7 +10,8 @@ import { pipeline } from 'node:stream/promises';
 import { DetError, errorMessage } from '../errors';
 import { ObjectNotFoundError } from './errors';
 import { safeJoin, validatePrefix } from './paths';
-import type { CheckpointStorage, ListedObject, ObjectInfo, PutOptions, PutResult } from './storage';
+import { fileSourceStream, isFileSource } from './file-source';
+import type { CheckpointStorage, ListedObject, ObjectInfo, PutBody, PutOptions, PutResult } from './storage';
 
 /** Temp files of unfinished puts start with this; list() never shows them. */
 export const TEMP_PREFIX = '.det-tmp-';
@@ -48,7 +49,7 @@ export class SharedFsStorage implements CheckpointStorage {
     return safeJoin(this.root, key, { checkSymlinks: false });
   }
 
-  async put(key: string, source: Readable | Buffer, _opts: PutOptions = {}, signal?: AbortSignal): Promise<PutResult> {
+  async put(key: string, source: PutBody, _opts: PutOptions = {}, signal?: AbortSignal): Promise<PutResult> {
     const target = safeJoin(this.root, key);
     const dir = path.dirname(target);
     try {
@@ -60,7 +61,7 @@ export class SharedFsStorage implements CheckpointStorage {
     safeJoin(this.root, key);
     const tmp = path.join(dir, `${TEMP_PREFIX}${path.basename(target)}.${randomBytes(6).toString('hex')}`);
     try {
-      const body = Buffer.isBuffer(source) ? Readable.from([source]) : source;
+      const body = Buffer.isBuffer(source) ? Readable.from([source]) : isFileSource(source) ? fileSourceStream(source) : source;
       await pipeline(body, fs.createWriteStream(tmp, { flags: 'wx', mode: 0o644 }), { signal });
       const fh = await fsp.open(tmp, 'r');
       try {

@@ -2,13 +2,19 @@
 // (shared_fs, the default) and S3. Keys are relative, '/'-separated and live under the
 // backend's configured root (directory or bucket prefix); paths.ts says which keys are legal.
 import type { Readable } from 'node:stream';
+import type { FileSource } from './file-source';
+
+export type { FileSource } from './file-source';
+
+/** What put() stores: a Buffer, a stream (sent once), or an open file (re-readable, see file-source.ts). */
+export type PutBody = Readable | Buffer | FileSource;
 
 /** Which adapter a storage is. */
 export type CheckpointStorageKind = 'shared_fs' | 's3';
 
 /** Options for one put. */
 export interface PutOptions {
-  /** Size in bytes when known (lets S3 use a single PUT for streams up to its multipart threshold). */
+  /** Size in bytes when known (lets S3 use a single PUT for streams up to its multipart threshold); a Buffer's or FileSource's own size otherwise. */
   size?: number;
   /**
    * Hex sha256 of the content, when the caller knows it (a checkpoint manifest's). S3 signs a
@@ -46,7 +52,7 @@ export interface CheckpointStorage {
   /** Which adapter this is. */
   readonly kind: CheckpointStorageKind;
   /** Writes an object; the new content becomes visible all at once (never half-written). */
-  put(key: string, source: Readable | Buffer, opts?: PutOptions, signal?: AbortSignal): Promise<PutResult>;
+  put(key: string, source: PutBody, opts?: PutOptions, signal?: AbortSignal): Promise<PutResult>;
   /** Reads an object; throws a DetError naming the key when it does not exist. */
   get(key: string, signal?: AbortSignal): Promise<Readable>;
   /** Size and ETag of an object, or undefined when there is none. */

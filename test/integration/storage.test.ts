@@ -5,6 +5,7 @@
 import { strict as assert } from 'node:assert';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import * as fsp from 'node:fs/promises';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -191,6 +192,26 @@ function storageSuite(backend: Backend): void {
       const back = await readAll(await o.storage.get('c2/model.bin'));
       assert.equal(back.length, total);
       assert.equal(sha256(back), digest);
+    });
+
+    it('round-trips an open file (FileSource): exactly its size, the handle left open', async () => {
+      const dir = mkdtempSync(path.join(tmpdir(), 'det-storage-file-'));
+      const file = path.join(dir, 'shard.bin');
+      const content = randomBytes(3 * 1024 * 1024 + 77);
+      writeFileSync(file, content);
+      const handle = await fsp.open(file, 'r');
+      try {
+        const size = content.length - 7; // bytes past the size are not sent
+        await o.storage.put('c3/shard.bin', { handle, size }, { sha256: sha256(content.subarray(0, size)) });
+        assert.ok((await readAll(await o.storage.get('c3/shard.bin'))).equals(content.subarray(0, size)));
+        // Sent again (a retry does this) from the start, from the same handle.
+        await o.storage.put('c3/again.bin', { handle, size }, { sha256: sha256(content.subarray(0, size)) });
+        assert.ok((await readAll(await o.storage.get('c3/again.bin'))).equals(content.subarray(0, size)));
+        assert.equal((await handle.stat()).size, content.length, 'the handle is still open');
+      } finally {
+        await handle.close();
+        rmSync(dir, { recursive: true, force: true });
+      }
     });
 
     it('get of a missing object throws ObjectNotFoundError naming its location', async () => {
@@ -550,6 +571,75 @@ describe('checkpoint storage', function () {
           await proxy.close();
         }
       });
+
+      it('an open file goes on the lean path as ONE PutObject signed with its sha256; a file shorter than its size fails at once and is not retried', async () => {
+        const commands: string[] = [];
+        small.client.middlewareStack.add(
+          (next, context) => (args) => {
+            commands.push(String(context.commandName));
+            return next(args);
+          },
+          { step: 'initialize', name: 'countCommands' },
+        );
+        const wire = recordWire(small.client);
+        const dir = mkdtempSync(path.join(tmpdir(), 'det-lean-file-'));
+        const content = randomBytes(5 * 1024 * 1024 + 3);
+        writeFileSync(path.join(dir, 'f.bin'), content);
+        const handle = await fsp.open(path.join(dir, 'f.bin'), 'r');
+        try {
+          await small.put('c/file.bin', { handle, size: content.length }, { sha256: sha256(content) });
+          assert.deepEqual(commands, [], 'no SDK command for a file PUT');
+          assert.deepEqual(wire, [{ command: 'PutObjectCommand', key: `${PREFIX}/c/file.bin`, contentSha256: sha256(content), sha256Signed: true }]);
+          assert.ok((await readAll(await small.get('c/file.bin'))).equals(content));
+
+          wire.length = 0;
+          const claimed = content.length + 1024 * 1024;
+          await assert.rejects(
+            small.put('c/short-file.bin', { handle, size: claimed }, { sha256: sha256(content) }),
+            (err: unknown) => err instanceof DetError && /cannot upload s3:\/\/.*\/c\/short-file\.bin: .*the file ended after 5242883 of the 6291459 bytes expected/.test(err.message),
+          );
+          assert.equal(wire.length, 1, 'not retried');
+          await assertNotComplete(small, 'c/short-file.bin', claimed);
+
+          // Above the threshold a file goes multipart through the SDK, read from the same handle.
+          wire.length = 0;
+          const big = randomBytes(THRESHOLD + 1);
+          writeFileSync(path.join(dir, 'big.bin'), big);
+          const bigHandle = await fsp.open(path.join(dir, 'big.bin'), 'r');
+          try {
+            await small.put('c/big.bin', { handle: bigHandle, size: big.length }, { sha256: sha256(big) });
+          } finally {
+            await bigHandle.close();
+          }
+          assert.deepEqual(wire.map((w) => w.command), ['CreateMultipartUploadCommand', 'UploadPartCommand', 'UploadPartCommand', 'CompleteMultipartUploadCommand']);
+          assert.equal(sha256(await readAll(await small.get('c/big.bin'))), sha256(big));
+        } finally {
+          await handle.close();
+          rmSync(dir, { recursive: true, force: true });
+        }
+      });
+
+      it('a file PUT whose connection is reset is sent again from the start, and the object is complete', async () => {
+        const proxy = await TcpProxy.start(Number(new URL(testEnv().s3Endpoint).port));
+        const via = new S3Storage({ bucket, prefix: PREFIX, endpointUrl: proxy.url, forcePathStyle: true, region: S3_TEST_REGION, credentials: S3RVER_CREDENTIALS, maxAttempts: 3 });
+        const dir = mkdtempSync(path.join(tmpdir(), 'det-lean-file-'));
+        const content = randomBytes(4 * 1024 * 1024);
+        writeFileSync(path.join(dir, 'f.bin'), content);
+        const handle = await fsp.open(path.join(dir, 'f.bin'), 'r');
+        try {
+          const wire = recordWire(via.client);
+          await proxy.inject({ kind: 'reset', afterBytes: 512 * 1024 }, 1);
+          await via.put('c/reset-file.bin', { handle, size: content.length }, { sha256: sha256(content) });
+          assert.equal(proxy.stats.resets, 1);
+          assert.deepEqual(wire.map((w) => w.command), ['PutObjectCommand', 'PutObjectCommand'], 'retried by the lean path');
+          assert.ok((await readAll(await storage.get('c/reset-file.bin'))).equals(content));
+        } finally {
+          await handle.close();
+          via.destroy();
+          await proxy.close();
+          rmSync(dir, { recursive: true, force: true });
+        }
+      });
     });
 
     it('maps S3 error responses on the lean path like the SDK\'s: 5xx and SlowDown retried, a content mismatch named', async () => {
@@ -582,6 +672,46 @@ describe('checkpoint storage', function () {
       } finally {
         fake.destroy();
         await new Promise((resolve) => server.close(resolve));
+      }
+    });
+
+    it('an error answer that comes while a file is still being sent stops the sending; the retry sends the whole file on a new connection', async () => {
+      // S3 answers some errors (503 SlowDown, 403) as soon as it has the headers.
+      let connections = 0;
+      let requests = 0;
+      const received: string[] = [];
+      const server = http.createServer((req, res) => {
+        if (requests++ === 0) {
+          res.writeHead(503, { 'Content-Type': 'application/xml', Connection: 'close' });
+          res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>');
+          return;
+        }
+        const hash = createHash('sha256');
+        req.on('data', (c: Buffer) => hash.update(c));
+        req.on('end', () => {
+          received.push(hash.digest('hex'));
+          res.writeHead(200, { ETag: '"ok"' });
+          res.end();
+        });
+      });
+      server.on('connection', () => connections++);
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+      const fake = new S3Storage({ bucket, endpointUrl: url, forcePathStyle: true, region: S3_TEST_REGION, credentials: S3RVER_CREDENTIALS, maxAttempts: 2 });
+      const dir = mkdtempSync(path.join(tmpdir(), 'det-lean-file-'));
+      const content = randomBytes(32 * 1024 * 1024);
+      writeFileSync(path.join(dir, 'f.bin'), content);
+      const handle = await fsp.open(path.join(dir, 'f.bin'), 'r');
+      try {
+        assert.deepEqual(await fake.put('a/file', { handle, size: content.length }, { sha256: sha256(content) }), { etag: 'ok' });
+        assert.equal(requests, 2);
+        assert.deepEqual(received, [sha256(content)]);
+        assert.equal(connections, 2, 'the connection with half a request on it is not used again');
+      } finally {
+        await handle.close();
+        fake.destroy();
+        await new Promise((resolve) => server.close(resolve));
+        rmSync(dir, { recursive: true, force: true });
       }
     });
 

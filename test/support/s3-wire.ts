@@ -1,13 +1,12 @@
 // Records what an S3 client puts on the wire: one entry per attempt of every request, so tests
 // can check which commands an upload used and which payload hash it signed. Two sources: the
 // SDK's requests, taken at the end of its middleware stack (after signing), and the requests of
-// the lean Buffer PUT path (common/storage/s3-lean-put.ts), which bypasses that stack: those are
-// taken from node's http client itself (diagnostics channel 'http.client.request.start', the
-// headers as node sends them), for requests on the lean path's agent of that client.
+// the lean PUT path (common/storage/s3-lean-put.ts), which bypasses that stack: those come from
+// its diagnostics channel (LEAN_PUT_REQUEST_CHANNEL: node's request as created, with the headers
+// it sends), for the lean path of that client.
 import { subscribe } from 'node:diagnostics_channel';
-import type { ClientRequest } from 'node:http';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { leanPutAgent } from '../../common/storage/s3-lean-put';
+import { LEAN_PUT_REQUEST_CHANNEL, type LeanPutRequestMessage } from '../../common/storage/s3-lean-put';
 
 /** One request attempt as sent. */
 export interface WireRequest {
@@ -42,10 +41,9 @@ export function recordWire(client: S3Client): WireRequest[] {
     },
     { step: 'deserialize', priority: 'low', name: 'testWireRecorder', override: true },
   );
-  subscribe('http.client.request.start', (message) => {
-    const request = (message as { request: ClientRequest }).request;
-    const agent = leanPutAgent(client);
-    if (agent === undefined || (request as unknown as { agent?: unknown }).agent !== agent) return;
+  subscribe(LEAN_PUT_REQUEST_CHANNEL, (message) => {
+    const { client: of, request } = message as LeanPutRequestMessage;
+    if (of !== client) return;
     // The lean path sends only single PutObjects: PUT /<bucket>/<key> (path style) or PUT /<key>.
     const [pathname, query] = request.path.split('?');
     const host = String(request.getHeader('host') ?? '');
