@@ -339,9 +339,8 @@ async function main(): Promise<number> {
         `round ${r + 1}: ${name.padEnd(7)} ${run.fullS.toFixed(2)} s (${(data.bytes / 1e6 / run.fullS).toFixed(1)} MB/s, CPU ${run.clientCpuS.toFixed(1)} s` +
           `${run.serverCpuS !== undefined ? `, s3rver CPU ${run.serverCpuS.toFixed(1)} s` : ''}), ${resyncWhat} ${run.resyncS.toFixed(3)} s`,
       );
-    for (let r = 0; r < opts.rounds; r++) {
-      // Ours: one uploader per round, as for one trial allocation.
-      checkInterrupted();
+    // Ours: one uploader per round, as for one trial allocation.
+    const runAgent = async (r: number): Promise<void> => {
       const storage = new S3Storage({
         bucket,
         prefix: `agent-${r}`,
@@ -364,31 +363,40 @@ async function main(): Promise<number> {
         if (again.uploadedFiles !== 0) throw new Error(`the unchanged re-upload uploaded ${again.uploadedFiles} files`);
         hashStats.push({ hits: hashCache.stats.hits - before.hits, misses: hashCache.stats.misses - before.misses });
         ours.push({ fullS: full.wallS, resyncS, clientCpuS: full.selfCpuS, serverCpuS: full.serverCpuS });
-        describe('agent', r, ours[r], 'unchanged re-upload');
+        describe('agent', r, ours[ours.length - 1], 'unchanged re-upload');
       } finally {
         storage.destroy();
       }
-      await deletePrefix(client, bucket, `agent-${r}/`);
-
-      checkInterrupted();
+    };
+    const runAws = async (r: number): Promise<void> => {
       const awsArgs = ['s3', 'sync', data.dir, `s3://${bucket}/awscli-${r}/`, '--endpoint-url', endpoint, '--only-show-errors', '--no-progress'];
-      const awsFull = await measureCpu(() => runTool('aws', awsArgs, awsEnv()), server);
+      const full = await measureCpu(() => runTool('aws', awsArgs, awsEnv()), server);
       await expectStored(client, bucket, `awscli-${r}/`, data, 1, 'aws s3 sync');
-      let t0 = performance.now();
+      const t0 = performance.now();
       await runTool('aws', awsArgs, awsEnv());
-      aws.push({ fullS: awsFull.wallS, resyncS: seconds(t0), clientCpuS: awsFull.childCpuS, serverCpuS: awsFull.serverCpuS });
-      describe('awscli', r, aws[r], 'unchanged re-sync');
-      await deletePrefix(client, bucket, `awscli-${r}/`);
-
-      checkInterrupted();
+      aws.push({ fullS: full.wallS, resyncS: seconds(t0), clientCpuS: full.childCpuS, serverCpuS: full.serverCpuS });
+      describe('awscli', r, aws[aws.length - 1], 'unchanged re-sync');
+    };
+    const runRclone = async (r: number): Promise<void> => {
       const rcloneArgs = ['sync', data.dir, `bench:${bucket}/rclone-${r}`];
-      const rcloneFull = await measureCpu(() => runTool('rclone', rcloneArgs, rcloneEnv(endpoint, rcloneConfig)), server);
+      const full = await measureCpu(() => runTool('rclone', rcloneArgs, rcloneEnv(endpoint, rcloneConfig)), server);
       await expectStored(client, bucket, `rclone-${r}/`, data, 1, 'rclone sync');
-      t0 = performance.now();
+      const t0 = performance.now();
       await runTool('rclone', rcloneArgs, rcloneEnv(endpoint, rcloneConfig));
-      rclone.push({ fullS: rcloneFull.wallS, resyncS: seconds(t0), clientCpuS: rcloneFull.childCpuS, serverCpuS: rcloneFull.serverCpuS });
-      describe('rclone', r, rclone[r], 'unchanged re-sync');
-      await deletePrefix(client, bucket, `rclone-${r}/`);
+      rclone.push({ fullS: full.wallS, resyncS: seconds(t0), clientCpuS: full.childCpuS, serverCpuS: full.serverCpuS });
+      describe('rclone', r, rclone[rclone.length - 1], 'unchanged re-sync');
+    };
+    // Each round runs the three in another order (no tool always follows the same one), and
+    // nothing is deleted until every measurement is done: on ext4 a file created soon after many
+    // were deleted costs far more (its inode allocator skips, reading each from disk, the inodes
+    // freed in the last ~30 s: recently_deleted() in ext4_create), so deleting one tool's
+    // gigabyte (6,000 files on s3rver) made the next tool's upload up to twice as slow.
+    const tools = [runAgent, runAws, runRclone];
+    for (let r = 0; r < opts.rounds; r++) {
+      for (let k = 0; k < tools.length; k++) {
+        checkInterrupted();
+        await tools[(r + k) % tools.length](r);
+      }
     }
 
     const mbps = (runs: ToolRun[]) => data.bytes / 1e6 / median(runs.map((x) => x.fullS));
