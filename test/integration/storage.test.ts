@@ -118,6 +118,33 @@ function streamOf(body: Buffer): Readable {
   return Readable.from(chunks);
 }
 
+/** The SDK commands `client` runs from now on, by name (the lean PUT path runs none). */
+function recordCommands(client: S3Client): string[] {
+  const commands: string[] = [];
+  client.middlewareStack.add(
+    (next, context) => (args) => {
+      commands.push(String(context.commandName));
+      return next(args);
+    },
+    { step: 'initialize', name: 'countCommands' },
+  );
+  return commands;
+}
+
+/** A temp file holding `content`, opened for reading; `done()` closes it and removes it. */
+async function openTempFile(content: Buffer): Promise<{ handle: fsp.FileHandle; done(): Promise<void> }> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'det-storage-file-'));
+  writeFileSync(path.join(dir, 'f.bin'), content);
+  const handle = await fsp.open(path.join(dir, 'f.bin'), 'r');
+  return {
+    handle,
+    done: async () => {
+      await handle.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
 /** s3rver keeps what arrived of a PUT cut short (S3 keeps nothing): at most that, never the declared size. */
 async function assertNotComplete(storage: S3Storage, key: string, declared: number): Promise<void> {
   const info = await storage.head(key);
@@ -172,16 +199,7 @@ function storageSuite(backend: Backend): void {
     it('round-trips a ~20 MiB stream of unknown size (multipart on S3)', async () => {
       const total = 20 * 1024 * 1024 + 12345;
       const { stream, digest } = bigStream(total);
-      const commands: string[] = [];
-      if (o.storage instanceof S3Storage) {
-        o.storage.client.middlewareStack.add(
-          (next, context) => (args) => {
-            commands.push(String(context.commandName));
-            return next(args);
-          },
-          { step: 'initialize', name: 'countCommands' },
-        );
-      }
+      const commands = o.storage instanceof S3Storage ? recordCommands(o.storage.client) : [];
       await o.storage.put('c2/model.bin', stream);
       if (backend.kind === 's3') {
         // s3rver's ETag for a multipart object has no "-<parts>" suffix: count the requests instead.
@@ -195,11 +213,8 @@ function storageSuite(backend: Backend): void {
     });
 
     it('round-trips an open file (FileSource): exactly its size, the handle left open', async () => {
-      const dir = mkdtempSync(path.join(tmpdir(), 'det-storage-file-'));
-      const file = path.join(dir, 'shard.bin');
       const content = randomBytes(3 * 1024 * 1024 + 77);
-      writeFileSync(file, content);
-      const handle = await fsp.open(file, 'r');
+      const { handle, done } = await openTempFile(content);
       try {
         const size = content.length - 7; // bytes past the size are not sent
         await o.storage.put('c3/shard.bin', { handle, size }, { sha256: sha256(content.subarray(0, size)) });
@@ -209,8 +224,7 @@ function storageSuite(backend: Backend): void {
         assert.ok((await readAll(await o.storage.get('c3/again.bin'))).equals(content.subarray(0, size)));
         assert.equal((await handle.stat()).size, content.length, 'the handle is still open');
       } finally {
-        await handle.close();
-        rmSync(dir, { recursive: true, force: true });
+        await done();
       }
     });
 
@@ -491,14 +505,7 @@ describe('checkpoint storage', function () {
       });
 
       it('a Buffer goes on the lean path, past the SDK middleware stack, and s3rver accepts its signature', async () => {
-        const commands: string[] = [];
-        small.client.middlewareStack.add(
-          (next, context) => (args) => {
-            commands.push(String(context.commandName));
-            return next(args);
-          },
-          { step: 'initialize', name: 'countCommands' },
-        );
+        const commands = recordCommands(small.client);
         const wire = recordWire(small.client);
         const body = randomBytes(100 * 1024);
         const key = "c/odd name (1)+*!'~.bin";
@@ -573,19 +580,10 @@ describe('checkpoint storage', function () {
       });
 
       it('an open file goes on the lean path as ONE PutObject signed with its sha256; a file shorter than its size fails at once and is not retried', async () => {
-        const commands: string[] = [];
-        small.client.middlewareStack.add(
-          (next, context) => (args) => {
-            commands.push(String(context.commandName));
-            return next(args);
-          },
-          { step: 'initialize', name: 'countCommands' },
-        );
+        const commands = recordCommands(small.client);
         const wire = recordWire(small.client);
-        const dir = mkdtempSync(path.join(tmpdir(), 'det-lean-file-'));
         const content = randomBytes(5 * 1024 * 1024 + 3);
-        writeFileSync(path.join(dir, 'f.bin'), content);
-        const handle = await fsp.open(path.join(dir, 'f.bin'), 'r');
+        const { handle, done } = await openTempFile(content);
         try {
           await small.put('c/file.bin', { handle, size: content.length }, { sha256: sha256(content) });
           assert.deepEqual(commands, [], 'no SDK command for a file PUT');
@@ -604,28 +602,24 @@ describe('checkpoint storage', function () {
           // Above the threshold a file goes multipart through the SDK, read from the same handle.
           wire.length = 0;
           const big = randomBytes(THRESHOLD + 1);
-          writeFileSync(path.join(dir, 'big.bin'), big);
-          const bigHandle = await fsp.open(path.join(dir, 'big.bin'), 'r');
+          const bigFile = await openTempFile(big);
           try {
-            await small.put('c/big.bin', { handle: bigHandle, size: big.length }, { sha256: sha256(big) });
+            await small.put('c/big.bin', { handle: bigFile.handle, size: big.length }, { sha256: sha256(big) });
           } finally {
-            await bigHandle.close();
+            await bigFile.done();
           }
           assert.deepEqual(wire.map((w) => w.command), ['CreateMultipartUploadCommand', 'UploadPartCommand', 'UploadPartCommand', 'CompleteMultipartUploadCommand']);
           assert.equal(sha256(await readAll(await small.get('c/big.bin'))), sha256(big));
         } finally {
-          await handle.close();
-          rmSync(dir, { recursive: true, force: true });
+          await done();
         }
       });
 
       it('a file PUT whose connection is reset is sent again from the start, and the object is complete', async () => {
         const proxy = await TcpProxy.start(Number(new URL(testEnv().s3Endpoint).port));
         const via = new S3Storage({ bucket, prefix: PREFIX, endpointUrl: proxy.url, forcePathStyle: true, region: S3_TEST_REGION, credentials: S3RVER_CREDENTIALS, maxAttempts: 3 });
-        const dir = mkdtempSync(path.join(tmpdir(), 'det-lean-file-'));
         const content = randomBytes(4 * 1024 * 1024);
-        writeFileSync(path.join(dir, 'f.bin'), content);
-        const handle = await fsp.open(path.join(dir, 'f.bin'), 'r');
+        const { handle, done } = await openTempFile(content);
         try {
           const wire = recordWire(via.client);
           await proxy.inject({ kind: 'reset', afterBytes: 512 * 1024 }, 1);
@@ -634,10 +628,9 @@ describe('checkpoint storage', function () {
           assert.deepEqual(wire.map((w) => w.command), ['PutObjectCommand', 'PutObjectCommand'], 'retried by the lean path');
           assert.ok((await readAll(await storage.get('c/reset-file.bin'))).equals(content));
         } finally {
-          await handle.close();
+          await done();
           via.destroy();
           await proxy.close();
-          rmSync(dir, { recursive: true, force: true });
         }
       });
     });
@@ -698,20 +691,17 @@ describe('checkpoint storage', function () {
       await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
       const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
       const fake = new S3Storage({ bucket, endpointUrl: url, forcePathStyle: true, region: S3_TEST_REGION, credentials: S3RVER_CREDENTIALS, maxAttempts: 2 });
-      const dir = mkdtempSync(path.join(tmpdir(), 'det-lean-file-'));
       const content = randomBytes(32 * 1024 * 1024);
-      writeFileSync(path.join(dir, 'f.bin'), content);
-      const handle = await fsp.open(path.join(dir, 'f.bin'), 'r');
+      const { handle, done } = await openTempFile(content);
       try {
         assert.deepEqual(await fake.put('a/file', { handle, size: content.length }, { sha256: sha256(content) }), { etag: 'ok' });
         assert.equal(requests, 2);
         assert.deepEqual(received, [sha256(content)]);
         assert.equal(connections, 2, 'the connection with half a request on it is not used again');
       } finally {
-        await handle.close();
+        await done();
         fake.destroy();
         await new Promise((resolve) => server.close(resolve));
-        rmSync(dir, { recursive: true, force: true });
       }
     });
 
