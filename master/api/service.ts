@@ -52,10 +52,10 @@ export function apiHandlers(cluster: Cluster, facts: MasterFacts, provisioner?: 
     })),
     GetAgent: unary(async (req) => ({ agent: agentToProto(agent(req.agentId), trialOf) })),
     ListSlots: unary(async (req) => ({ slots: slotsToProto(agent(req.agentId), trialOf) })),
-    DisableAgent: unary(async (req) => ({ agent: agentToProto(await cluster.disableAgent(req.agentId, req.drain), trialOf) })),
-    EnableAgent: unary(async (req) => ({ agent: agentToProto(await cluster.enableAgent(req.agentId), trialOf) })),
-    DisableSlot: unary(async (req) => ({ slot: slotOf(await cluster.setSlotEnabled(req.agentId, req.slotId, false, req.drain), req.slotId) })),
-    EnableSlot: unary(async (req) => ({ slot: slotOf(await cluster.setSlotEnabled(req.agentId, req.slotId, true, false), req.slotId) })),
+    DisableAgent: unary(async (req) => ({ agent: agentToProto(await cluster.admin.disableAgent(req.agentId, req.drain), trialOf) })),
+    EnableAgent: unary(async (req) => ({ agent: agentToProto(await cluster.admin.enableAgent(req.agentId), trialOf) })),
+    DisableSlot: unary(async (req) => ({ slot: slotOf(await cluster.admin.setSlotEnabled(req.agentId, req.slotId, false, req.drain), req.slotId) })),
+    EnableSlot: unary(async (req) => ({ slot: slotOf(await cluster.admin.setSlotEnabled(req.agentId, req.slotId, true, false), req.slotId) })),
     CreateExperiment: unary(async (req) => {
       const { experiment: e, trials } = await cluster.createExperiment(req.configYaml);
       return { experiment: experimentToProto(e, trials), trials: trials.map(trialToProto) };

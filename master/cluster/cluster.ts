@@ -14,6 +14,7 @@ import { DEFAULT_POOL_POLICY, schedule, type PendingTask, type PoolPolicy, type 
 import type { ExperimentRecord, Store, TrialRecord, TrialState } from '../store/store';
 import { deriveExperimentState } from '../task/experiment-state';
 import { holdsAllocation, isTerminal, transition, type TrialEvent } from '../task/trial-machine';
+import { AgentAdmin } from './agent-admin';
 import { AgentTable, agentRecord, type AgentChannel, type AgentEntry } from './agents';
 import { LogHub } from './log-hub';
 import { buildTaskSpec } from './task-spec';
@@ -73,8 +74,6 @@ export class Cluster {
   private readonly experiments = new Map<number, LiveExperiment>();
   private readonly allocations = new Map<string, LiveAllocation>();
   private readonly queue = new Map<number, PendingTask>();
-  /** Agents whose instance is being terminated: kept disabled even if they register late. */
-  private readonly retiring = new Map<string, string>();
   /** Recently released allocations, so log lines that arrive after the exit is known are still stored. */
   private readonly released = new Map<string, LiveAllocation>();
   /** Emits 'changed' (pool name) whenever demand or capacity of a pool may have changed. */
@@ -85,12 +84,26 @@ export class Cluster {
   private schedulePending = false;
   private closed = false;
 
+  /** `det agent|slot disable|enable`, the provisioner's cordons and retirements (agent-admin.ts). */
+  readonly admin: AgentAdmin<LiveAllocation>;
+
   private constructor(
     readonly store: Store,
     readonly clusterId: string,
     private readonly opts: ClusterOptions,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.admin = new AgentAdmin<LiveAllocation>({
+      agents: this.agents,
+      store,
+      log,
+      serial: (fn) => this.serial(fn),
+      allocationsOn: (agentId) => this.allocationsOn(agentId),
+      stopAllocations: (entry, allocs, reason) => this.stopAllocations(entry, allocs, reason),
+      requestSchedule: () => this.requestSchedule(),
+      changed: (pool) => this.changed(pool),
+    });
+  }
 
   /** Loads unfinished work from the store and returns a running cluster. */
   static async open(store: Store, opts: ClusterOptions, log: Logger): Promise<Cluster> {
@@ -161,102 +174,6 @@ export class Cluster {
 
   private changed(pool: string): void {
     this.events.emit('changed', pool);
-  }
-
-  /** Enables or disables scheduling onto an agent (the provisioner disables before terminating). */
-  setAgentEnabled(agentId: string, enabled: boolean, reason: string): Promise<void> {
-    return this.serial(async () => {
-      const a = this.agents.get(agentId);
-      if (!a) throw new DetError('DET_ERR_AGENT_NOT_FOUND', `agent ${agentId} not found`);
-      if (a.enabled === enabled) return;
-      a.enabled = enabled;
-      a.disabledReason = enabled ? '' : reason;
-      await this.store.putAgent(agentRecord(a));
-      this.log.info(enabled ? 'agent enabled' : 'agent disabled', { agent: agentId, reason });
-      if (enabled) this.requestSchedule();
-      this.changed(a.pool);
-    });
-  }
-
-  /**
-   * `det agent disable`: nothing new is placed on the agent. Without `drain` its trials get SIGTERM
-   * and their grace period and are requeued elsewhere (restart counts untouched); with `drain` they finish.
-   */
-  disableAgent(agentId: string, drain: boolean): Promise<AgentEntry> {
-    return this.serial(async () => {
-      const a = this.agentOrThrow(agentId);
-      const reason = `disabled by user${drain ? ' (draining)' : ''}`;
-      a.enabled = false;
-      a.disabledReason = reason;
-      await this.store.putAgent(agentRecord(a));
-      this.log.info('agent disabled', { agent: agentId, drain, allocations: this.runningTasksOn(agentId) });
-      if (!drain) this.stopAllocations(a, this.allocationsOn(agentId), `agent ${agentId} was disabled; requeued`);
-      this.changed(a.pool);
-      return a;
-    });
-  }
-
-  /** `det agent enable`: the scheduler may use the agent again (not one whose instance is being terminated). */
-  enableAgent(agentId: string): Promise<AgentEntry> {
-    return this.serial(async () => {
-      const a = this.agentOrThrow(agentId);
-      const retiring = this.retiring.get(agentId);
-      if (retiring !== undefined) throw new DetError('DET_ERR_INVALID_ARGUMENT', `agent ${agentId} cannot be enabled: ${retiring}`);
-      if (!a.enabled) {
-        a.enabled = true;
-        a.disabledReason = '';
-        await this.store.putAgent(agentRecord(a));
-        this.log.info('agent enabled', { agent: agentId });
-        this.requestSchedule();
-        this.changed(a.pool);
-      }
-      return a;
-    });
-  }
-
-  /** `det slot disable` / `enable`: like the agent verbs, for one slot. */
-  setSlotEnabled(agentId: string, slotId: number, enabled: boolean, drain: boolean): Promise<AgentEntry> {
-    return this.serial(async () => {
-      const a = this.agentOrThrow(agentId);
-      if (!a.devices.some((d) => d.id === slotId)) {
-        throw new DetError('DET_ERR_INVALID_ARGUMENT', `agent ${agentId} has no slot ${slotId} (slots: ${a.devices.map((d) => d.id).join(', ') || 'none'})`);
-      }
-      if (enabled === !a.disabledSlots.has(slotId)) return a;
-      if (enabled) a.disabledSlots.delete(slotId);
-      else a.disabledSlots.add(slotId);
-      await this.store.putAgent(agentRecord(a));
-      this.log.info(enabled ? 'slot enabled' : 'slot disabled', { agent: agentId, slot: slotId, drain });
-      const user = a.usedSlots.get(slotId);
-      if (!enabled && !drain && user) this.stopAllocations(a, this.allocationsOn(agentId).filter((x) => x.id === user), `slot ${slotId} of agent ${agentId} was disabled; requeued`);
-      if (enabled) this.requestSchedule();
-      this.changed(a.pool);
-      return a;
-    });
-  }
-
-  private agentOrThrow(agentId: string): AgentEntry {
-    const a = this.agents.get(agentId);
-    if (!a) throw new DetError('DET_ERR_AGENT_NOT_FOUND', `agent ${agentId} not found`);
-    return a;
-  }
-
-  /**
-   * Atomically (on the serial queue): if the agent runs nothing, disable it for good — also if it
-   * registers later — and return true, so its instance can be terminated; false if it is busy.
-   */
-  retireIfIdle(agentId: string, reason: string): Promise<boolean> {
-    return this.serial(async () => {
-      if (this.runningTasksOn(agentId) > 0) return false;
-      this.retiring.set(agentId, reason);
-      const a = this.agents.get(agentId);
-      if (a?.enabled) {
-        a.enabled = false;
-        a.disabledReason = reason;
-        await this.store.putAgent(agentRecord(a));
-        this.log.info('agent disabled', { agent: agentId, reason });
-      }
-      return true;
-    });
   }
 
   /** Records that a queued trial cannot run in its pool at all (no instance type is big enough). */
@@ -365,7 +282,7 @@ export class Cluster {
         throw new DetError('DET_ERR_AGENT_ID_IN_USE', `agent id '${reg.agentId}' is already connected from ${existing.channel.address}; give each agent a unique agent_id`);
       }
       const entry = this.agents.upsert(reg, channel, Date.now());
-      const retiring = this.retiring.get(entry.id);
+      const retiring = this.admin.retiringReason(entry.id);
       if (retiring !== undefined) {
         entry.enabled = false;
         entry.disabledReason = retiring;

@@ -209,12 +209,12 @@ export class ProvisionerService implements ProvisionerStatusSource {
 
     for (const u of plan.unschedulable) await this.cluster.setUnschedulable(Number(u.taskId), u.reason);
     for (const d of plan.disable) {
-      if (this.cluster.agents.get(d.id)) await this.cluster.setAgentEnabled(d.id, false, d.reason);
+      if (this.cluster.agents.get(d.id)) await this.cluster.admin.setAgentEnabled(d.id, false, d.reason);
     }
     await this.applyConsolidation(p, plan, now);
     for (const t of plan.terminate) {
       // Disable and re-check in one step on the cluster's queue: a node running a task is never terminated.
-      if (!(await this.cluster.retireIfIdle(t.id, `instance terminated: ${t.reason}`))) {
+      if (!(await this.cluster.admin.retireIfIdle(t.id, `instance terminated: ${t.reason}`))) {
         this.log.warn('not terminating a busy instance', { pool: p.name, instance: t.id, reason: t.reason });
         continue;
       }
@@ -267,14 +267,14 @@ export class ProvisionerService implements ProvisionerStatusSource {
     for (const c of plan.cordon) {
       if (!this.cluster.agents.get(c.id)) continue;
       this.log.info('cordoning an instance for consolidation', { pool: p.name, instance: c.id, reason: c.reason });
-      await this.cluster.setAgentEnabled(c.id, false, c.reason);
+      await this.cluster.admin.setAgentEnabled(c.id, false, c.reason);
       p.state.cordoned.push(c.id);
     }
     for (const u of plan.uncordon) {
       p.state.cordoned = p.state.cordoned.filter((id) => id !== u.id);
       if (!this.cluster.agents.get(u.id)) continue;
       this.log.info('lifting a consolidation cordon', { pool: p.name, instance: u.id, reason: u.reason });
-      await this.cluster.setAgentEnabled(u.id, true, u.reason);
+      await this.cluster.admin.setAgentEnabled(u.id, true, u.reason);
     }
     for (const m of plan.move) await this.cluster.moveAllocation(m.taskId, m.reason);
     const underused: Record<string, number> = {};
