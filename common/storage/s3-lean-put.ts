@@ -13,7 +13,9 @@
 // standard strategy does: network errors, timeouts, throttling and 5xx, up to maxAttempts.
 // A file body (FileSource) is sent from a few reused buffers with positional reads (file-source.ts),
 // so a retry sends it again from the start, and it costs neither a stream pipeline nor a fresh
-// buffer per chunk; it must come with its sha256 (the signed payload hash).
+// buffer per chunk; it must come with its sha256 (the signed payload hash). Bodies of 2 MiB and
+// more wait for S3's "100 Continue" (as the SDK's do), so an error S3 answers before the body is
+// read as that error, not as the reset of a connection the client was still sending on.
 import { createHash } from 'node:crypto';
 import * as diagnostics from 'node:diagnostics_channel';
 import * as http from 'node:http';
@@ -33,6 +35,10 @@ const MAX_ERROR_BODY = 64 * 1024;
 const USER_AGENT = 'determined-aws (s3-lean-put)';
 /** Chunks of a file body in flight per request (read ahead of, or queued on, the socket). */
 const FILE_BODY_BUFFERS = 4;
+/** Bodies from this size on are sent after S3's 100 Continue (the SDK's threshold). */
+export const EXPECT_CONTINUE_BYTES = 2 * 1024 * 1024;
+/** How long a request waits for 100 Continue before it sends the body anyway. */
+const CONTINUE_WAIT_MS = 1000;
 
 /** One upload. */
 export interface LeanPutRequest {
@@ -208,6 +214,10 @@ export class LeanPut {
     );
     const sentAt = Date.now();
     const body = req.body;
+    const size = Buffer.isBuffer(body) ? body.length : body.size;
+    // As the SDK does for bodies of 2 MiB and more: S3 answers an error (a denial, a redirect,
+    // SlowDown) before the body is sent, instead of closing a connection it is still sending on.
+    const expectContinue = size >= EXPECT_CONTINUE_BYTES;
     return new Promise((resolve, reject) => {
       const mod = t.protocol === 'https:' ? https : http;
       const r = mod.request({
@@ -216,17 +226,25 @@ export class LeanPut {
         hostname: t.hostname,
         port: t.port,
         path,
-        headers: { ...signed.headers, 'user-agent': USER_AGENT },
+        headers: { ...signed.headers, 'user-agent': USER_AGENT, ...(expectContinue ? { expect: '100-continue' } : {}) },
         agent: this.agent,
         signal,
         ...(this.opts.requestTimeoutMs !== undefined ? { timeout: this.opts.requestTimeoutMs } : {}),
       });
       if (requestChannel.hasSubscribers) requestChannel.publish({ client: this.client, request: r } satisfies LeanPutRequestMessage);
-      // Stops sending a file body once the request is over (failed, or answered early).
+      // Stops (or keeps from starting) sending the body once the request is over: failed, answered
+      // early, or aborted by the caller (also while it still waits for a socket).
       const stop = new AbortController();
+      let continueTimer: NodeJS.Timeout | undefined;
+      const end = () => {
+        clearTimeout(continueTimer);
+        stop.abort();
+      };
       r.on('timeout', () => r.destroy(timeoutError(this.opts.requestTimeoutMs ?? 0)));
       r.on('error', reject);
-      r.on('close', () => stop.abort());
+      r.on('close', end);
+      signal?.addEventListener('abort', end, { once: true });
+      r.on('close', () => signal?.removeEventListener('abort', end));
       r.on('response', (res) => {
         const status = res.statusCode ?? 0;
         if (status >= 200 && status < 300) {
@@ -237,7 +255,7 @@ export class LeanPut {
         }
         // An error answer can come before the whole body was sent: the rest is not sent, and
         // the connection, with half a request on it, is not used again.
-        stop.abort();
+        end();
         res.on('end', () => {
           if (!r.writableFinished) r.destroy();
         });
@@ -253,17 +271,35 @@ export class LeanPut {
           reject(s3Error(status, headerOf(res, 'x-amz-request-id'), Buffer.concat(chunks).toString('utf8')));
         });
       });
-      if (Buffer.isBuffer(body)) {
-        r.end(body);
-        return;
-      }
-      // write()'s callback runs once the socket has taken the chunk: then its buffer is read into again.
-      readChunks(body.handle, body.size, (chunk, release) => r.write(chunk, release), { until: 'length', buffers: FILE_BODY_BUFFERS, signal: stop.signal }).then(
-        () => r.end(),
-        (err: unknown) => {
-          if (!stop.signal.aborted) r.destroy(err as Error);
-        },
-      );
+      let started = false;
+      const sendBody = () => {
+        clearTimeout(continueTimer);
+        if (started || stop.signal.aborted) return;
+        started = true;
+        if (Buffer.isBuffer(body)) {
+          r.end(body);
+          return;
+        }
+        // write()'s callback runs once the socket has taken the chunk: then its buffer is read into again.
+        const take = (chunk: Buffer, release: () => void) => {
+          if (r.destroyed) {
+            end(); // a destroyed request calls back at once: reading the rest would be for nothing
+            release();
+            return;
+          }
+          r.write(chunk, release);
+        };
+        readChunks(body.handle, body.size, take, { until: 'length', buffers: FILE_BODY_BUFFERS, signal: stop.signal }).then(
+          () => r.end(),
+          (err: unknown) => {
+            if (!stop.signal.aborted) r.destroy(err as Error);
+          },
+        );
+      };
+      if (!expectContinue) return sendBody();
+      // Servers that do not answer 100 Continue get the body after a while anyway (the SDK waits 1 s).
+      r.on('continue', sendBody);
+      continueTimer = setTimeout(sendBody, CONTINUE_WAIT_MS);
     });
   }
 

@@ -705,6 +705,59 @@ describe('checkpoint storage', function () {
       }
     });
 
+    it('a body of 2 MiB or more waits for 100 Continue: an error S3 answers instead is reported as such, and no byte of the body is sent', async () => {
+      // S3 answers a denial or SlowDown to "Expect: 100-continue" before the body; a server that
+      // closed the connection while the client was still sending would leave only a reset.
+      const answers: [number, string][] = [[403, 'AccessDenied'], [503, 'SlowDown']];
+      const seen: { expect?: string; bodyBytes: number }[] = [];
+      const server = http.createServer();
+      const accept = (req: http.IncomingMessage, res: http.ServerResponse) => {
+        const entry = { expect: req.headers.expect, bodyBytes: 0 };
+        seen.push(entry);
+        req.on('data', (c: Buffer) => (entry.bodyBytes += c.length));
+        req.on('end', () => {
+          res.writeHead(200, { ETag: '"ok"' });
+          res.end();
+        });
+      };
+      server.on('request', accept);
+      server.on('checkContinue', (req, res) => {
+        const answer = answers.shift();
+        if (!answer) {
+          res.writeContinue();
+          accept(req, res);
+          return;
+        }
+        seen.push({ expect: req.headers.expect, bodyBytes: 0 });
+        req.on('data', (c: Buffer) => (seen[seen.length - 1].bodyBytes += c.length));
+        res.writeHead(answer[0], { 'Content-Type': 'application/xml', 'x-amz-request-id': 'REQ2' });
+        res.end(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>${answer[1]}</Code><Message>no</Message></Error>`);
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+      const fake = new S3Storage({ bucket, endpointUrl: url, forcePathStyle: true, region: S3_TEST_REGION, credentials: S3RVER_CREDENTIALS, maxAttempts: 3 });
+      const content = randomBytes(8 * 1024 * 1024);
+      const { handle, done } = await openTempFile(content);
+      try {
+        await assert.rejects(fake.put('a/denied', { handle, size: content.length }, { sha256: sha256(content) }), /a\/denied: access denied \(AccessDenied \(HTTP 403\), request id REQ2\)/);
+        assert.deepEqual(seen, [{ expect: '100-continue', bodyBytes: 0 }], 'one attempt, no body');
+        seen.length = 0;
+        assert.deepEqual(await fake.put('a/slow', { handle, size: content.length }, { sha256: sha256(content) }), { etag: 'ok' });
+        assert.deepEqual(seen, [
+          { expect: '100-continue', bodyBytes: 0 },
+          { expect: '100-continue', bodyBytes: content.length },
+        ]);
+        // Smaller bodies (the small files) go at once, without the extra round trip.
+        seen.length = 0;
+        await fake.put('a/small', content.subarray(0, 100 * 1024));
+        assert.deepEqual(seen, [{ expect: undefined, bodyBytes: 100 * 1024 }]);
+      } finally {
+        await done();
+        fake.destroy();
+        await new Promise((resolve) => server.close(resolve));
+      }
+    });
+
     describe('interoperability with awscli', () => {
       const aws = awsCli;
 
