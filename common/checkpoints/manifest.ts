@@ -311,7 +311,6 @@ function pickInfo(i: CheckpointInfo): CheckpointInfo {
   return { uuid: i.uuid, trialId: i.trialId, allocationId: i.allocationId, name: i.name, createdAtMs: i.createdAtMs };
 }
 
-
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }

@@ -30,6 +30,11 @@ export function fileSourceStream(src: FileSource): Readable {
   return src.handle.createReadStream({ start: 0, end: src.size - 1, autoClose: false, highWaterMark: READ_CHUNK_BYTES });
 }
 
+/** `body` as code that takes Buffers and streams wants it: a FileSource becomes fileSourceStream(). */
+export function withoutFileSource<B extends Buffer | Readable>(body: B | FileSource): B | Readable {
+  return isFileSource(body) ? fileSourceStream(body) : body;
+}
+
 /** Thrown when a file ends before the bytes it was expected to have. */
 export class ShortFileError extends Error {
   constructor(

@@ -104,7 +104,7 @@ interface ClientConfigView {
   systemClockOffset?: number;
 }
 
-/** Signed single PutObjects of Buffers to one bucket, beside the SDK client they follow. */
+/** Signed single PutObjects of Buffers and files to one bucket, beside the SDK client they follow. */
 export class LeanPut {
   private target?: Promise<Target | undefined>;
   private agent?: http.Agent;
@@ -194,6 +194,8 @@ export class LeanPut {
 
   private async attempt(t: Target, req: LeanPutRequest, sha256: string, signal?: AbortSignal): Promise<{ ETag?: string }> {
     const path = `${t.basePath}/${req.key.split('/').map(escapeSegment).join('/')}`;
+    const body = req.body;
+    const size = Buffer.isBuffer(body) ? body.length : body.size;
     const offset = this.config().systemClockOffset ?? 0;
     const signed = await t.signer.sign(
       {
@@ -205,7 +207,7 @@ export class LeanPut {
         query: {},
         headers: {
           host: t.host,
-          'content-length': String(Buffer.isBuffer(req.body) ? req.body.length : req.body.size),
+          'content-length': String(size),
           'content-type': req.contentType ?? 'application/octet-stream',
           [CONTENT_SHA256_HEADER]: sha256,
         },
@@ -213,8 +215,6 @@ export class LeanPut {
       { signingDate: new Date(Date.now() + offset) },
     );
     const sentAt = Date.now();
-    const body = req.body;
-    const size = Buffer.isBuffer(body) ? body.length : body.size;
     // As the SDK does for bodies of 2 MiB and more: S3 answers an error (a denial, a redirect,
     // SlowDown) before the body is sent, instead of closing a connection it is still sending on.
     const expectContinue = size >= EXPECT_CONTINUE_BYTES;
@@ -242,9 +242,11 @@ export class LeanPut {
       };
       r.on('timeout', () => r.destroy(timeoutError(this.opts.requestTimeoutMs ?? 0)));
       r.on('error', reject);
-      r.on('close', end);
       signal?.addEventListener('abort', end, { once: true });
-      r.on('close', () => signal?.removeEventListener('abort', end));
+      r.on('close', () => {
+        end();
+        signal?.removeEventListener('abort', end);
+      });
       r.on('response', (res) => {
         const status = res.statusCode ?? 0;
         if (status >= 200 && status < 300) {
@@ -276,25 +278,8 @@ export class LeanPut {
         clearTimeout(continueTimer);
         if (started || stop.signal.aborted) return;
         started = true;
-        if (Buffer.isBuffer(body)) {
-          r.end(body);
-          return;
-        }
-        // write()'s callback runs once the socket has taken the chunk: then its buffer is read into again.
-        const take = (chunk: Buffer, release: () => void) => {
-          if (r.destroyed) {
-            end(); // a destroyed request calls back at once: reading the rest would be for nothing
-            release();
-            return;
-          }
-          r.write(chunk, release);
-        };
-        readChunks(body.handle, body.size, take, { until: 'length', buffers: FILE_BODY_BUFFERS, signal: stop.signal }).then(
-          () => r.end(),
-          (err: unknown) => {
-            if (!stop.signal.aborted) r.destroy(err as Error);
-          },
-        );
+        if (Buffer.isBuffer(body)) r.end(body);
+        else writeFileBody(r, body, stop);
       };
       if (!expectContinue) return sendBody();
       // Servers that do not answer 100 Continue get the body after a while anyway (the SDK waits 1 s).
@@ -311,6 +296,25 @@ export class LeanPut {
     if (Number.isNaN(server) || now - sentAt > 900_000) return;
     this.config().systemClockOffset = server - now;
   }
+}
+
+// Sends the file body of `r` from reused buffers: write()'s callback runs once the socket has
+// taken a chunk, and then its buffer is read into again. Stops when `stop` aborts.
+function writeFileBody(r: http.ClientRequest, src: FileSource, stop: AbortController): void {
+  const take = (chunk: Buffer, release: () => void) => {
+    if (r.destroyed) {
+      stop.abort(); // a destroyed request calls back at once: reading the rest would be for nothing
+      release();
+      return;
+    }
+    r.write(chunk, release);
+  };
+  readChunks(src.handle, src.size, take, { until: 'length', buffers: FILE_BODY_BUFFERS, signal: stop.signal }).then(
+    () => r.end(),
+    (err: unknown) => {
+      if (!stop.signal.aborted) r.destroy(err as Error);
+    },
+  );
 }
 
 function headerOf(res: http.IncomingMessage, name: string): string | undefined {

@@ -21,7 +21,7 @@ import { ObjectNotFoundError, redact } from './errors';
 import { validateKey, validatePrefix } from './paths';
 import { LeanPut } from './s3-lean-put';
 import { isSha256Hex, MAX_SINGLE_PUT_BYTES, putSingle } from './s3-put';
-import { fileSourceStream, isFileSource } from './file-source';
+import { isFileSource, withoutFileSource } from './file-source';
 import type { CheckpointStorage, ListedObject, ObjectInfo, PutBody, PutOptions, PutResult } from './storage';
 
 /** Multipart part size (S3's minimum is 5 MiB). */
@@ -169,8 +169,7 @@ export class S3Storage implements CheckpointStorage {
           const out = await this.lean.put({ key: Key, body: leanBody, sha256: opts.sha256, contentType: opts.contentType }, signal);
           return { etag: unquote(out.ETag) };
         }
-        const body = file ? fileSourceStream(file) : (source as Readable | Buffer);
-        const out = await putSingle(this.client, { bucket: this.bucket, key: Key, body, size, sha256: opts.sha256, contentType: opts.contentType }, signal);
+        const out = await putSingle(this.client, { bucket: this.bucket, key: Key, body: withoutFileSource(source), size, sha256: opts.sha256, contentType: opts.contentType }, signal);
         return { etag: unquote(out.ETag) };
       } catch (err) {
         if (signal?.aborted) throw signal.reason;
@@ -182,7 +181,7 @@ export class S3Storage implements CheckpointStorage {
       params: {
         Bucket: this.bucket,
         Key,
-        Body: file ? fileSourceStream(file) : (source as Readable | Buffer),
+        Body: withoutFileSource(source),
         ContentType: opts.contentType,
         ...(size !== undefined ? { ContentLength: size } : {}),
       },

@@ -10,7 +10,7 @@ import { pipeline } from 'node:stream/promises';
 import { DetError, errorMessage } from '../errors';
 import { ObjectNotFoundError } from './errors';
 import { safeJoin, validatePrefix } from './paths';
-import { fileSourceStream, isFileSource } from './file-source';
+import { withoutFileSource } from './file-source';
 import type { CheckpointStorage, ListedObject, ObjectInfo, PutBody, PutOptions, PutResult } from './storage';
 
 /** Temp files of unfinished puts start with this; list() never shows them. */
@@ -61,7 +61,8 @@ export class SharedFsStorage implements CheckpointStorage {
     safeJoin(this.root, key);
     const tmp = path.join(dir, `${TEMP_PREFIX}${path.basename(target)}.${randomBytes(6).toString('hex')}`);
     try {
-      const body = Buffer.isBuffer(source) ? Readable.from([source]) : isFileSource(source) ? fileSourceStream(source) : source;
+      const stream = withoutFileSource(source);
+      const body = Buffer.isBuffer(stream) ? Readable.from([stream]) : stream;
       await pipeline(body, fs.createWriteStream(tmp, { flags: 'wx', mode: 0o644 }), { signal });
       const fh = await fsp.open(tmp, 'r');
       try {

@@ -145,6 +145,19 @@ async function openTempFile(content: Buffer): Promise<{ handle: fsp.FileHandle; 
   };
 }
 
+/** An S3Storage of `bucket` at a local HTTP server that answers like S3 (for answers s3rver never gives); close() stops both. */
+async function storageServedBy(server: http.Server, bucket: string, maxAttempts: number): Promise<S3Storage & { close(): Promise<void> }> {
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+  const storage = new S3Storage({ bucket, endpointUrl: url, forcePathStyle: true, region: S3_TEST_REGION, credentials: S3RVER_CREDENTIALS, maxAttempts });
+  return Object.assign(storage, {
+    close: async () => {
+      storage.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  });
+}
+
 /** s3rver keeps what arrived of a PUT cut short (S3 keeps nothing): at most that, never the declared size. */
 async function assertNotComplete(storage: S3Storage, key: string, declared: number): Promise<void> {
   const info = await storage.head(key);
@@ -648,9 +661,7 @@ describe('checkpoint storage', function () {
           res.end(status === 200 ? '' : `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>We &amp; you</Message></Error>`);
         });
       });
-      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-      const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
-      const fake = new S3Storage({ bucket, endpointUrl: url, forcePathStyle: true, region: S3_TEST_REGION, credentials: S3RVER_CREDENTIALS, maxAttempts: 3 });
+      const fake = await storageServedBy(server, bucket, 3);
       try {
         replies.push([503, 'SlowDown'], [500, 'InternalError']);
         assert.deepEqual(await fake.put('a/b', Buffer.from('x')), { etag: 'abc' });
@@ -663,8 +674,7 @@ describe('checkpoint storage', function () {
         await assert.rejects(fake.put('a/e', Buffer.from('x')), /a\/e: access denied \(AccessDenied \(HTTP 403\)/);
         assert.equal(seen.length, 3 + 1 + 3 + 1, 'not retried: the mismatch and the denial');
       } finally {
-        fake.destroy();
-        await new Promise((resolve) => server.close(resolve));
+        await fake.close();
       }
     });
 
@@ -688,9 +698,7 @@ describe('checkpoint storage', function () {
         });
       });
       server.on('connection', () => connections++);
-      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-      const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
-      const fake = new S3Storage({ bucket, endpointUrl: url, forcePathStyle: true, region: S3_TEST_REGION, credentials: S3RVER_CREDENTIALS, maxAttempts: 2 });
+      const fake = await storageServedBy(server, bucket, 2);
       const content = randomBytes(32 * 1024 * 1024);
       const { handle, done } = await openTempFile(content);
       try {
@@ -700,8 +708,7 @@ describe('checkpoint storage', function () {
         assert.equal(connections, 2, 'the connection with half a request on it is not used again');
       } finally {
         await done();
-        fake.destroy();
-        await new Promise((resolve) => server.close(resolve));
+        await fake.close();
       }
     });
 
@@ -733,9 +740,7 @@ describe('checkpoint storage', function () {
         res.writeHead(answer[0], { 'Content-Type': 'application/xml', 'x-amz-request-id': 'REQ2' });
         res.end(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>${answer[1]}</Code><Message>no</Message></Error>`);
       });
-      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-      const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
-      const fake = new S3Storage({ bucket, endpointUrl: url, forcePathStyle: true, region: S3_TEST_REGION, credentials: S3RVER_CREDENTIALS, maxAttempts: 3 });
+      const fake = await storageServedBy(server, bucket, 3);
       const content = randomBytes(8 * 1024 * 1024);
       const { handle, done } = await openTempFile(content);
       try {
@@ -753,8 +758,7 @@ describe('checkpoint storage', function () {
         assert.deepEqual(seen, [{ expect: undefined, bodyBytes: 100 * 1024 }]);
       } finally {
         await done();
-        fake.destroy();
-        await new Promise((resolve) => server.close(resolve));
+        await fake.close();
       }
     });
 

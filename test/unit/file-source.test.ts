@@ -19,16 +19,21 @@ describe('file-source: readChunks', () => {
     await fs.rm(dir, { recursive: true, force: true });
   });
 
-  async function fileOf(content: Buffer): Promise<fs.FileHandle> {
+  /** Runs `fn` with a file holding `content` open for reading, and closes it. */
+  async function withFile(content: Buffer, fn: (fh: fs.FileHandle) => Promise<void>): Promise<void> {
     const p = path.join(dir, `f-${content.length}-${Math.random()}`);
     await fs.writeFile(p, content);
-    return fs.open(p, 'r');
+    const fh = await fs.open(p, 'r');
+    try {
+      await fn(fh);
+    } finally {
+      await fh.close();
+    }
   }
 
   it('hands every byte over in order, in chunks of at most 1 MiB, from the same two buffers', async () => {
     const content = randomBytes(3 * MiB + 12345);
-    const fh = await fileOf(content);
-    try {
+    await withFile(content, async (fh) => {
       const got: Buffer[] = [];
       const memory = new Set<ArrayBufferLike>();
       const n = await readChunks(
@@ -49,44 +54,48 @@ describe('file-source: readChunks', () => {
       assert.ok(Buffer.concat(got).equals(content));
       assert.equal(memory.size, 2, 'two buffers, reused');
       assert.equal(READ_CHUNK_BYTES, MiB);
-    } finally {
-      await fh.close();
-    }
+    });
   });
 
   it('reads a buffer again only after its consumer released it', async () => {
+    // An in-memory handle: every read resolves within the same turn, so once the event loop has
+    // had a turn (setImmediate), everything readChunks could do without a release is done.
     const content = randomBytes(3 * MiB);
-    const fh = await fileOf(content);
-    try {
-      const held: (() => void)[] = [];
-      const seen: string[] = [];
-      const done = readChunks(
-        fh,
-        content.length,
-        (chunk, release) => {
-          seen.push(chunk.subarray(0, 4).toString('hex'));
-          held.push(release);
-        },
-        { until: 'length', buffers: 2 },
-      );
-      // Two buffers: two chunks, then nothing until one is released.
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      assert.equal(seen.length, 2);
-      held.shift()!();
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      assert.equal(seen.length, 3);
-      for (const r of held) r();
-      assert.equal(await done, content.length);
-      assert.deepEqual(seen, [0, 1, 2].map((i) => content.subarray(i * MiB, i * MiB + 4).toString('hex')));
-    } finally {
-      await fh.close();
-    }
+    const reads: number[] = [];
+    const handle = {
+      read: async (buf: Buffer, off: number, len: number, pos: number) => {
+        reads.push(pos);
+        return { bytesRead: content.copy(buf, off, pos, Math.min(content.length, pos + len)), buffer: buf };
+      },
+    } as unknown as fs.FileHandle;
+    const held: (() => void)[] = [];
+    const seen: string[] = [];
+    const done = readChunks(
+      handle,
+      content.length,
+      (chunk, release) => {
+        seen.push(chunk.subarray(0, 4).toString('hex'));
+        held.push(release);
+      },
+      { until: 'length', buffers: 2 },
+    );
+    const turn = () => new Promise((resolve) => setImmediate(resolve));
+    // Two buffers: two chunks, then no further read until one is released.
+    await turn();
+    assert.equal(seen.length, 2);
+    assert.deepEqual(reads, [0, MiB]);
+    held.shift()!();
+    await turn();
+    assert.equal(seen.length, 3);
+    assert.deepEqual(reads, [0, MiB, 2 * MiB]);
+    for (const r of held) r();
+    assert.equal(await done, content.length);
+    assert.deepEqual(seen, [0, 1, 2].map((i) => content.subarray(i * MiB, i * MiB + 4).toString('hex')));
   });
 
   it("'length': a file shorter than expected fails with ShortFileError; bytes past the length are not read", async () => {
     const content = randomBytes(MiB + 10);
-    const fh = await fileOf(content);
-    try {
+    await withFile(content, async (fh) => {
       await assert.rejects(
         readChunks(fh, 2 * MiB, (_c, release) => release(), { until: 'length' }),
         (err: unknown) => err instanceof ShortFileError && err.got === MiB + 10 && err.expected === 2 * MiB && /the file ended after 1048586 of the 2097152 bytes expected/.test(err.message),
@@ -94,49 +103,45 @@ describe('file-source: readChunks', () => {
       const got: Buffer[] = [];
       assert.equal(await readChunks(fh, 100, (c, release) => (got.push(Buffer.from(c)), release()), { until: 'length' }), 100);
       assert.ok(Buffer.concat(got).equals(content.subarray(0, 100)));
-    } finally {
-      await fh.close();
-    }
+    });
   });
 
   it("'eof': reads to the end of the file, also past the size it was expected to have, and an empty file gives nothing", async () => {
     const content = randomBytes(2 * MiB + 7);
-    const fh = await fileOf(content);
-    try {
+    await withFile(content, async (fh) => {
       const got: Buffer[] = [];
       assert.equal(await readChunks(fh, 1000, (c, release) => (got.push(Buffer.from(c)), release()), { until: 'eof' }), content.length);
       assert.ok(Buffer.concat(got).equals(content));
-    } finally {
-      await fh.close();
-    }
-    const empty = await fileOf(Buffer.alloc(0));
-    try {
+    });
+    await withFile(Buffer.alloc(0), async (empty) => {
       let calls = 0;
       assert.equal(await readChunks(empty, 0, () => calls++, { until: 'eof' }), 0);
       assert.equal(await readChunks(empty, 0, () => calls++, { until: 'length' }), 0);
       assert.equal(calls, 0);
-    } finally {
-      await empty.close();
-    }
+    });
   });
 
   it('an abort while it waits for a free buffer rejects with the reason', async () => {
-    const fh = await fileOf(randomBytes(3 * MiB));
-    try {
+    await withFile(randomBytes(3 * MiB), async (fh) => {
       const ac = new AbortController();
-      const done = readChunks(fh, 3 * MiB, () => undefined, { until: 'length', buffers: 1, signal: ac.signal });
-      await new Promise((resolve) => setTimeout(resolve, 20));
-      ac.abort(new Error('request over'));
+      let chunks = 0;
+      const done = readChunks(
+        fh,
+        3 * MiB,
+        () => {
+          // The one buffer is never released: the next read waits for it, until the abort.
+          if (++chunks === 1) setImmediate(() => ac.abort(new Error('request over')));
+        },
+        { until: 'length', buffers: 1, signal: ac.signal },
+      );
       await assert.rejects(done, /request over/);
-    } finally {
-      await fh.close();
-    }
+      assert.equal(chunks, 1);
+    });
   });
 
   it('a FileSource is told apart from Buffers and streams, and reads as a stream of exactly its size', async () => {
     const content = randomBytes(MiB + 3);
-    const fh = await fileOf(content);
-    try {
+    await withFile(content, async (fh) => {
       assert.equal(isFileSource({ handle: fh, size: 5 }), true);
       assert.equal(isFileSource(Buffer.from('x')), false);
       assert.equal(isFileSource(Readable.from([])), false);
@@ -148,8 +153,6 @@ describe('file-source: readChunks', () => {
       assert.equal(none.length, 0);
       // The handle stays open for the caller.
       assert.equal((await fh.stat()).size, content.length);
-    } finally {
-      await fh.close();
-    }
+    });
   });
 });
