@@ -297,7 +297,13 @@ export class Cluster {
         const report = reported.get(alloc.id);
         const trial = this.trials.get(alloc.trialId)!;
         if (!report) {
-          await this.apply(trial, { type: 'lost', reason: `container of allocation ${alloc.id} is gone from agent ${entry.id}` });
+          // Still ASSIGNED: the agent never said it had the allocation (its start was lost with a
+          // master that stopped, or with the agent's stream): nothing of the trial ran, so no restart counts.
+          const neverStarted = trial.rec.state === 'ASSIGNED';
+          const reason = neverStarted
+            ? `allocation ${alloc.id} never reached agent ${entry.id}`
+            : `container of allocation ${alloc.id} is gone from agent ${entry.id}`;
+          await this.apply(trial, { type: 'lost', reason, countsAsRestart: !neverStarted });
           continue;
         }
         expected.push(alloc.id);

@@ -493,6 +493,29 @@ describe('master agent protocol (in-process master, scripted agents)', function 
       assert.match(old?.message ?? '', /container of allocation .* is gone from agent agent-1/);
     });
 
+    it('an allocation the agent never reported (still ASSIGNED) is requeued without counting a restart when the agent re-registers without it', async () => {
+      const m = await startMaster({ graceMs: 60_000 });
+      const agent = connect(m);
+      await agent.registerAndWait(registration('agent-1', { devices: cpuDevices(2) }));
+      const { trial } = await createExperiment(m, experimentYaml({ maxRestarts: 3 }));
+      const { spec: first } = await agent.next('start');
+      assert.equal((await getTrial(m, trial.id)).state, 'TRIAL_STATE_ASSIGNED');
+      // The start is lost: the agent goes away before it said anything about the allocation.
+      agent.close();
+      await waitAgentState(m, 'agent-1', 'DISCONNECTED');
+
+      const again = connect(m);
+      const info = await again.registerAndWait(registration('agent-1', { devices: cpuDevices(2) }));
+      assert.deepEqual(info.expectedAllocationIds, []);
+      const { spec } = await again.next('start');
+      assert.equal(spec.allocationId, `${trial.taskId}.1`);
+      const t = await waitTrial(m, trial.id, 'ASSIGNED');
+      assert.equal(t.restarts, 0, 'nothing of the trial ran');
+      const old = await m.store.getAllocation(first.allocationId);
+      assert.equal(old?.state, 'TERMINATED');
+      assert.match(old?.message ?? '', /allocation .* never reached agent agent-1/);
+    });
+
     it('when the grace period ends the trial is restarted, and runs again on the agent once it reconnects', async () => {
       const m = await startMaster({ graceMs: 300 });
       const { agent, trialId, taskId, allocationId } = await runningTrial(m, 'agent-1', experimentYaml({ maxRestarts: 3 }));
